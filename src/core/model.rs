@@ -1,0 +1,393 @@
+//! The data model shared by every layer: ids, threads, messages, their
+//! statuses and the outbox's mutations (DESIGN.md §2).
+//!
+//! Records here are what the store keeps. Message bodies and thread titles
+//! exist only as sealed [`Envelope`]s in records; plaintext lives in the
+//! JS-facing views built by the engine.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::core::envelope::Envelope;
+use crate::core::sync::MutationBody;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = u64;
+
+/// Largest message body, in bytes of UTF-8.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest thread title, in bytes of UTF-8.
+pub const MAX_TITLE_BYTES: usize = 1024;
+/// Largest number of members named when a thread is created.
+pub const MAX_MEMBERS: usize = 256;
+
+/// A 128-bit, time-ordered id in the UUIDv7 layout.
+///
+/// The first 48 bits are the creation time in milliseconds, so ids sort by
+/// creation time as numbers and as their canonical strings; the rest is
+/// random. Ids are made on the client and never change.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Id(u128);
+
+impl Id {
+    /// Builds an id from a creation time and 10 random bytes.
+    pub fn from_parts(created_at: Millis, random: [u8; 10]) -> Self {
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&(created_at & 0xffff_ffff_ffff).to_be_bytes()[2..]);
+        bytes[6..].copy_from_slice(&random);
+        bytes[6] = 0x70 | (bytes[6] & 0x0f); // version 7
+        bytes[8] = 0x80 | (bytes[8] & 0x3f); // RFC 4122 variant
+        Id(u128::from_be_bytes(bytes))
+    }
+
+    /// The creation time encoded in the id.
+    pub fn created_at(self) -> Millis {
+        (self.0 >> 80) as u64
+    }
+
+    /// The id as 16 big-endian bytes.
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+}
+
+/// A string that is not an id in canonical form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not an id (expected 8-4-4-4-12 hex digits): {0:?}")]
+pub struct InvalidId(pub String);
+
+impl FromStr for Id {
+    type Err = InvalidId;
+
+    fn from_str(s: &str) -> Result<Self, InvalidId> {
+        let invalid = || InvalidId(s.chars().take(64).collect());
+        let b = s.as_bytes();
+        if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+            return Err(invalid());
+        }
+        let hex: String = s.chars().filter(|&c| c != '-').collect();
+        if hex.len() != 32 || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(invalid());
+        }
+        u128::from_str_radix(&hex, 16).map(Id).map_err(|_| invalid())
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = format!("{:032x}", self.0);
+        write!(f, "{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for Id {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Id);
+
+        impl $name {
+            /// Builds an id from a creation time and 10 random bytes.
+            pub fn from_parts(created_at: Millis, random: [u8; 10]) -> Self {
+                Self(Id::from_parts(created_at, random))
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidId;
+            fn from_str(s: &str) -> Result<Self, InvalidId> {
+                s.parse().map(Self)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// Identifies a thread.
+    ThreadId
+);
+id_type!(
+    /// Identifies a message.
+    MessageId
+);
+id_type!(
+    /// Identifies one installation of the SDK (one IndexedDB database).
+    DeviceId
+);
+
+/// Identifies a user; issued by the server's sign-in, opaque to the client.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserId(pub String);
+
+impl UserId {
+    /// Largest user id, in bytes.
+    pub const MAX_LEN: usize = 128;
+
+    /// Checks that `s` is a usable user id: 1 to 128 bytes, no control characters.
+    pub fn parse(s: &str) -> Result<Self, InvalidInput> {
+        if s.is_empty() || s.len() > Self::MAX_LEN || s.chars().any(char::is_control) {
+            return Err(InvalidInput::UserId);
+        }
+        Ok(UserId(s.to_owned()))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UserId({:?})", self.0)
+    }
+}
+
+/// Why a caller's input was refused. Nothing is written when this is returned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidInput {
+    /// A message body with nothing but white space.
+    #[error("message text is empty")]
+    EmptyBody,
+    /// A message body over [`MAX_BODY_BYTES`].
+    #[error("message text is {0} bytes, over the limit of {MAX_BODY_BYTES}")]
+    BodyTooLarge(usize),
+    /// A thread title with nothing but white space.
+    #[error("thread title is empty")]
+    EmptyTitle,
+    /// A thread title over [`MAX_TITLE_BYTES`].
+    #[error("thread title is {0} bytes, over the limit of {MAX_TITLE_BYTES}")]
+    TitleTooLarge(usize),
+    /// More members than [`MAX_MEMBERS`].
+    #[error("{0} members, over the limit of {MAX_MEMBERS}")]
+    TooManyMembers(usize),
+    /// A user id that is empty, too long or has control characters.
+    #[error("user ids must be 1 to 128 characters without control characters")]
+    UserId,
+    /// A string that is not an id.
+    #[error(transparent)]
+    Id(#[from] InvalidId),
+}
+
+/// Checks a message body as the caller gave it; the body is kept as given.
+pub fn validate_body(text: &str) -> Result<(), InvalidInput> {
+    if text.len() > MAX_BODY_BYTES {
+        return Err(InvalidInput::BodyTooLarge(text.len()));
+    }
+    if text.trim().is_empty() {
+        return Err(InvalidInput::EmptyBody);
+    }
+    Ok(())
+}
+
+/// Checks a thread title as the caller gave it.
+pub fn validate_title(title: &str) -> Result<(), InvalidInput> {
+    if title.len() > MAX_TITLE_BYTES {
+        return Err(InvalidInput::TitleTooLarge(title.len()));
+    }
+    if title.trim().is_empty() {
+        return Err(InvalidInput::EmptyTitle);
+    }
+    Ok(())
+}
+
+/// A thread as stored: the title is sealed with the thread key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadRecord {
+    /// The thread's id.
+    pub id: ThreadId,
+    /// The title, sealed.
+    pub title: Envelope,
+    /// Everyone who may read and write the thread, creator included, sorted.
+    pub members: Vec<UserId>,
+    /// Who created it.
+    pub created_by: UserId,
+    /// When it was created, by the creator's clock.
+    pub created_at: Millis,
+}
+
+/// Where a message stands on its way to the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum MessageStatus {
+    /// Stored locally, waiting in the outbox.
+    Pending,
+    /// In a push request whose answer has not come yet.
+    Sending,
+    /// Acknowledged by the server; the message has a `seq`.
+    Sent,
+    /// The server or the network refused it.
+    Failed {
+        /// Stable machine-readable reason.
+        code: String,
+        /// Human-readable reason.
+        message: String,
+        /// Whether the outbox retries on its own.
+        recoverable: bool,
+    },
+    /// The user withdrew it before it was sent.
+    Cancelled,
+}
+
+/// A message as stored: the body is sealed with the thread key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    /// The message's id, made by the sender's client.
+    pub id: MessageId,
+    /// The thread it belongs to.
+    pub thread_id: ThreadId,
+    /// Who wrote it.
+    pub sender: UserId,
+    /// The body, sealed; `None` once deleted.
+    pub body: Option<Envelope>,
+    /// The server's order, once acknowledged.
+    pub seq: Option<u64>,
+    /// When the sender wrote it, by the sender's clock.
+    pub client_ts: Millis,
+    /// When the server accepted it.
+    pub server_ts: Option<Millis>,
+    /// Whether the body was edited.
+    pub edited: bool,
+    /// Whether the message was deleted (a tombstone).
+    pub deleted: bool,
+    /// Where it stands.
+    pub status: MessageStatus,
+    /// Display order within the thread; see [`display_order`].
+    pub order: f64,
+}
+
+/// Pending messages sort after every sent one: their order starts here.
+/// 2^52 keeps every order an exact integer in an f64 (IndexedDB keys are f64).
+pub const PENDING_ORDER_BASE: f64 = 4_503_599_627_370_496.0;
+
+/// The display order of a message: server order once sent, and local order
+/// (after all sent messages) while pending. An ack moves a message from the
+/// pending range to its seq, which is never above a later pending message.
+pub fn display_order(seq: Option<u64>, local_seq: u64) -> f64 {
+    match seq {
+        Some(seq) => seq as f64,
+        None => PENDING_ORDER_BASE + local_seq as f64,
+    }
+}
+
+/// Where a mutation stands in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum MutationState {
+    /// Waiting for its turn (or for `next_attempt_at`).
+    Queued,
+    /// In a push request whose answer has not come yet.
+    Sending,
+    /// Refused for good; waits for the user to retry or cancel.
+    Failed {
+        /// Stable machine-readable reason.
+        code: String,
+        /// Human-readable reason.
+        message: String,
+    },
+}
+
+/// One row of the outbox: a change made locally, not yet acknowledged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mutation {
+    /// Per-device, strictly increasing; assigned by the store when enqueued
+    /// (0 before). The server applies each id at most once.
+    pub mutation_id: u64,
+    /// What to do, as sent to the server.
+    pub body: MutationBody,
+    /// How many pushes carried it so far.
+    pub attempts: u32,
+    /// Not to be sent before this time.
+    pub next_attempt_at: Millis,
+    /// Where it stands.
+    pub state: MutationState,
+    /// When it was enqueued.
+    pub created_at: Millis,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_sort_by_time() {
+        let a = Id::from_parts(1_700_000_000_000, [0xff; 10]);
+        let b = Id::from_parts(1_700_000_000_001, [0x00; 10]);
+        assert!(a < b);
+        assert!(a.to_string() < b.to_string());
+        assert_eq!(a.created_at(), 1_700_000_000_000);
+        let s = a.to_string();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "7");
+        assert_eq!(s.parse::<Id>().unwrap(), a);
+        assert_eq!(s.to_uppercase().parse::<Id>().unwrap(), a);
+    }
+
+    #[test]
+    fn malformed_ids_are_refused() {
+        for bad in ["", "nope", "0190a0b0-0000-7000-8000-00000000000", "0190a0b0x0000-7000-8000-000000000000", "0190a0b0-0000-7000-8000-00000000000g", "+190a0b0-0000-7000-8000-000000000000"] {
+            assert!(bad.parse::<Id>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bodies_are_checked() {
+        assert_eq!(validate_body("  \n\t"), Err(InvalidInput::EmptyBody));
+        assert_eq!(validate_body(""), Err(InvalidInput::EmptyBody));
+        assert!(validate_body(" hi ").is_ok());
+        assert!(validate_body(&"a".repeat(MAX_BODY_BYTES)).is_ok());
+        assert_eq!(
+            validate_body(&"a".repeat(MAX_BODY_BYTES + 1)),
+            Err(InvalidInput::BodyTooLarge(MAX_BODY_BYTES + 1))
+        );
+    }
+
+    #[test]
+    fn pending_messages_order_after_sent_ones() {
+        assert!(display_order(Some(1 << 40), 0) < display_order(None, 0));
+        assert!(display_order(None, 1) < display_order(None, 2));
+        assert_eq!(display_order(None, 1 << 50) as u64, (1u64 << 52) + (1 << 50));
+    }
+}
