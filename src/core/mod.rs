@@ -4,3 +4,4 @@
 pub mod envelope;
 pub mod model;
 pub mod sync;
+pub mod keys;

@@ -1,0 +1,1 @@
+//! Thread keys and key rings (DESIGN.md §4).
