@@ -1,0 +1,374 @@
+//! The HTTP surface of protocol v1 (docs/protocol.md): routing, auth,
+//! request checks, CORS and the request log. Storage does the rest.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, RawQuery, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use dovecote::core::model::{Millis, ThreadId, UserId, MAX_MEMBERS};
+use dovecote::core::sync::{
+    AcceptResponse, InviteResponse, MutationBody, PushRequest, SessionRequest, SessionResponse,
+    PROTOCOL_VERSION,
+};
+use serde::Deserialize;
+
+use crate::auth::{random_string, InviteClaims, Signer};
+use crate::config::Config;
+use crate::error::{json_response, ApiError};
+use crate::events::Hub;
+use crate::limits::RateLimiter;
+use crate::statics;
+use crate::storage::{self, IncomingMutation, PullQuery, Refusal, Storage};
+
+/// Default and largest page of a pull.
+pub const DEFAULT_PULL_LIMIT: u32 = 500;
+/// Largest page of a pull; larger limits are lowered to this.
+pub const MAX_PULL_LIMIT: u32 = 1000;
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct App<S> {
+    /// The database.
+    pub storage: S,
+    /// Signs and checks tokens.
+    pub signer: Signer,
+    /// Limits and paths.
+    pub config: Config,
+    /// Requests per user per minute.
+    pub limiter: RateLimiter,
+    /// WebSocket fan-out.
+    pub hub: Arc<Hub>,
+}
+
+impl<S: Storage> App<S> {
+    /// Shared state for `storage` under `config`.
+    pub fn new(storage: S, config: Config) -> Arc<Self> {
+        Arc::new(App {
+            signer: Signer::new(storage.token_secret()),
+            limiter: RateLimiter::new(config.rate_limit),
+            storage,
+            config,
+            hub: Arc::new(Hub::default()),
+        })
+    }
+}
+
+/// Milliseconds since the epoch, by the server clock.
+pub fn now_ms() -> Millis {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// The router for `app`.
+pub fn router<S: Storage>(app: Arc<App<S>>) -> Router {
+    let mut router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/session", post(session::<S>))
+        .route("/v1/push", post(push::<S>))
+        .route("/v1/pull", get(pull::<S>))
+        .route("/v1/events", get(events::<S>))
+        .route("/v1/threads/{id}/invites", post(create_invite::<S>))
+        .route("/v1/invites/{token}/accept", post(accept_invite::<S>))
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    router = match app.config.static_dir.clone() {
+        Some(dir) => {
+            let dir = Arc::new(dir);
+            router.fallback(move |method: Method, uri: axum::http::Uri| {
+                let dir = dir.clone();
+                async move { statics::serve(&dir, &method, uri.path()).await }
+            })
+        }
+        None => router.fallback(|| async { ApiError::NotFound }),
+    };
+    router
+        .layer(DefaultBodyLimit::max(app.config.body_limit))
+        .layer(middleware::from_fn(edge))
+        .with_state(app)
+}
+
+/// CORS and the request log, around every request.
+async fn edge(request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = request.method().clone();
+    let path = loggable_path(request.uri().path());
+    let mut response = if method == Method::OPTIONS {
+        // Preflight: answered here, before auth, for any path.
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    // Any origin: auth is a bearer header, never a cookie, so a foreign page
+    // gains nothing it could not do with its own fetch.
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type"),
+    );
+    headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("retry-after"));
+    headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    // Never the query string (it carries the events token) nor bodies.
+    eprintln!(
+        "{method} {path} {} {:.1}ms",
+        response.status().as_u16(),
+        start.elapsed().as_secs_f64() * 1000.0
+    );
+    response
+}
+
+/// The path as it may be logged: invite tokens in the path are redacted.
+fn loggable_path(path: &str) -> String {
+    if path.starts_with("/v1/invites/") {
+        "/v1/invites/{token}/accept".to_owned()
+    } else {
+        path.chars().take(200).collect()
+    }
+}
+
+/// The signed-in user of a request, from `Authorization: Bearer`, after the
+/// rate limit.
+#[derive(Debug, Clone)]
+pub struct Authed(pub UserId);
+
+fn authenticate<S: Storage>(app: &App<S>, token: Option<&str>) -> Result<UserId, ApiError> {
+    let claims = app
+        .signer
+        .verify_session(token.ok_or(ApiError::Unauthorized)?, now_ms())
+        .map_err(|_| ApiError::Unauthorized)?;
+    app.limiter
+        .check(claims.user.as_str(), Instant::now())
+        .map_err(|wait| ApiError::RateLimited { retry_after: wait.as_secs_f64().ceil().max(1.0) as u64 })?;
+    Ok(claims.user)
+}
+
+impl<S: Storage> FromRequestParts<Arc<App<S>>> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App<S>>) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        authenticate(app, token).map(Authed)
+    }
+}
+
+/// The request body, within the body limit.
+fn body(body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge("request body over the size limit".into())
+        } else {
+            ApiError::BadRequest(rejection.body_text())
+        }
+    })
+}
+
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, &serde_json::json!({ "ok": true }))
+}
+
+/// DEV-ONLY sign-in: anyone may sign in as anyone. Replace for production.
+async fn session<S: Storage>(
+    State(app): State<Arc<App<S>>>,
+    raw: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: SessionRequest =
+        serde_json::from_slice(&body(raw)?).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let user = UserId::parse(request.user.as_str()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let expires_at = now_ms().saturating_add(app.config.token_ttl_secs.saturating_mul(1000));
+    let token = app.signer.session_token(&user, expires_at);
+    Ok(json_response(StatusCode::OK, &SessionResponse { token, user, expires_at }))
+}
+
+/// Just enough of a push to tell an unknown protocol from malformed JSON.
+#[derive(Deserialize)]
+struct ProtocolProbe {
+    protocol: Option<serde_json::Value>,
+}
+
+fn parse_push(bytes: &[u8]) -> Result<PushRequest, ApiError> {
+    let unsupported =
+        |v: &serde_json::Value| ApiError::UnsupportedProtocol(v.to_string().chars().take(20).collect());
+    match serde_json::from_slice::<PushRequest>(bytes) {
+        Ok(request) if request.protocol == PROTOCOL_VERSION => Ok(request),
+        Ok(request) => Err(unsupported(&serde_json::Value::from(request.protocol))),
+        Err(e) => match serde_json::from_slice::<ProtocolProbe>(bytes) {
+            // A future version may change the shape: say so, not "malformed".
+            Ok(ProtocolProbe { protocol: Some(v) }) if v != PROTOCOL_VERSION => Err(unsupported(&v)),
+            _ => Err(ApiError::BadRequest(e.to_string())),
+        },
+    }
+}
+
+/// Refusals that need no database: sizes, shapes, invite signatures.
+fn precheck<S: Storage>(app: &App<S>, body: &MutationBody, now: Millis) -> Option<Refusal> {
+    let limit = app.config.envelope_limit;
+    let too_large = |what: &str, len: usize| {
+        (len > limit)
+            .then(|| Refusal::new("too_large", format!("{what} is {len} bytes, over the limit of {limit}")))
+    };
+    match body {
+        MutationBody::Send { body, .. } | MutationBody::Edit { body, .. } => {
+            too_large("message envelope", body.0.len())
+        }
+        MutationBody::CreateThread { title, members, .. } => too_large("title envelope", title.0.len())
+            .or_else(|| {
+                if members.len() > MAX_MEMBERS {
+                    Some(Refusal::new(
+                        "invalid",
+                        format!("{} members, over the limit of {MAX_MEMBERS}", members.len()),
+                    ))
+                } else if members.iter().any(|m| UserId::parse(m.as_str()).is_err()) {
+                    Some(Refusal::new(
+                        "invalid",
+                        "user ids must be 1 to 128 characters without control characters",
+                    ))
+                } else {
+                    None
+                }
+            }),
+        MutationBody::Delete { .. } => None,
+        MutationBody::Join { thread_id, invite } => match app.signer.verify_invite(invite, now) {
+            Ok(claims) if claims.thread_id == *thread_id => None,
+            _ => Some(Refusal::new("invite_invalid", "the invite is invalid, expired or for another thread")),
+        },
+    }
+}
+
+async fn push<S: Storage>(
+    State(app): State<Arc<App<S>>>,
+    Authed(user): Authed,
+    raw: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request = parse_push(&body(raw)?)?;
+    if request.mutations.len() > app.config.max_mutations {
+        return Err(ApiError::TooLarge(format!(
+            "{} mutations in one push, over the limit of {}",
+            request.mutations.len(),
+            app.config.max_mutations
+        )));
+    }
+    let mut previous = 0;
+    for m in &request.mutations {
+        if m.mutation_id <= previous {
+            return Err(ApiError::BadRequest(format!(
+                "mutation ids must be positive and strictly increasing within a push ({} after {previous})",
+                m.mutation_id
+            )));
+        }
+        previous = m.mutation_id;
+    }
+    let now = now_ms();
+    let mutations = request
+        .mutations
+        .into_iter()
+        .map(|m| IncomingMutation {
+            mutation_id: m.mutation_id,
+            precheck: precheck(&app, &m.body, now),
+            body: m.body,
+        })
+        .collect();
+    let outcome = app.storage.push(user, request.device_id, mutations, now).await.map_err(|e| match e {
+        storage::Error::DeviceForbidden => ApiError::Forbidden {
+            code: "forbidden",
+            message: "this device id belongs to another user".into(),
+        },
+        e => ApiError::Internal(e),
+    })?;
+    app.hub.publish(outcome.pokes);
+    Ok(json_response(StatusCode::OK, &outcome.response))
+}
+
+/// `GET /v1/pull` parameters, as sent.
+#[derive(Debug, Deserialize)]
+struct PullParams {
+    cursor: Option<u64>,
+    limit: Option<u32>,
+    thread: Option<String>,
+}
+
+async fn pull<S: Storage>(
+    State(app): State<Arc<App<S>>>,
+    Authed(user): Authed,
+    params: Result<Query<PullParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = params.limit.unwrap_or(DEFAULT_PULL_LIMIT);
+    if limit == 0 {
+        return Err(ApiError::BadRequest("limit must be at least 1".into()));
+    }
+    let thread = match params.thread {
+        // A malformed id cannot name a thread of the caller's: same 404.
+        Some(id) => Some(id.parse::<ThreadId>().map_err(|_| ApiError::NotFound)?),
+        None => None,
+    };
+    let query = PullQuery { cursor: params.cursor.unwrap_or(0), limit: limit.min(MAX_PULL_LIMIT), thread };
+    match app.storage.pull(user, query).await? {
+        Some(page) => Ok(json_response(StatusCode::OK, &page)),
+        None => Err(ApiError::NotFound),
+    }
+}
+
+async fn create_invite<S: Storage>(
+    State(app): State<Arc<App<S>>>,
+    Authed(user): Authed,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let thread_id = id.parse::<ThreadId>().map_err(|_| ApiError::NotFound)?;
+    if !app.storage.is_member(user.clone(), thread_id).await? {
+        return Err(ApiError::NotFound);
+    }
+    let expires_at = now_ms().saturating_add(app.config.invite_ttl_secs.saturating_mul(1000));
+    let token = app.signer.invite_token(&InviteClaims {
+        thread_id,
+        created_by: user,
+        expires_at,
+        nonce: random_string(12),
+    });
+    Ok(json_response(StatusCode::OK, &InviteResponse { token, expires_at }))
+}
+
+async fn accept_invite<S: Storage>(
+    State(app): State<Arc<App<S>>>,
+    Authed(user): Authed,
+    Path(token): Path<String>,
+) -> Result<Response, ApiError> {
+    let invalid =
+        || ApiError::Forbidden { code: "invite_invalid", message: "the invite is invalid or expired".into() };
+    let now = now_ms();
+    let claims = app.signer.verify_invite(&token, now).map_err(|_| invalid())?;
+    let joined = app.storage.join(user, claims.thread_id, now).await?.ok_or_else(invalid)?;
+    app.hub.publish(joined.pokes);
+    Ok(json_response(StatusCode::OK, &AcceptResponse { thread_id: claims.thread_id }))
+}
+
+/// `GET /v1/events?token=...`: browsers cannot set headers on a WebSocket,
+/// so the token comes in the query (which is never logged).
+async fn events<S: Storage>(
+    State(app): State<Arc<App<S>>>,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let token = query.as_deref().and_then(|q| {
+        q.split('&')
+            .find_map(|pair| pair.strip_prefix("token="))
+            .map(|t| percent_encoding::percent_decode_str(t).decode_utf8_lossy().into_owned())
+    });
+    let user = authenticate(&app, token.as_deref())?;
+    let upgrade = upgrade.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let subscription = app.hub.subscribe();
+    let hub = app.hub.clone();
+    Ok(upgrade.on_upgrade(move |socket| hub.serve_socket(socket, user, subscription)))
+}
