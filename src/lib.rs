@@ -5,3 +5,8 @@
 //! contract suite, and `web` (wasm32 only) adapts it all to the browser.
 
 pub mod core;
+pub mod engine;
+pub mod ports;
+pub mod testing;
+#[cfg(target_arch = "wasm32")]
+pub mod web;

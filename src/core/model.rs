@@ -53,6 +53,30 @@ impl Id {
     }
 }
 
+/// Hands out ids that strictly increase, even within one millisecond or when
+/// the clock steps back (the "monotonic random" method of RFC 9562 §6.2), so
+/// that one client's messages sort in the order they were written.
+#[derive(Debug, Default)]
+pub struct IdGenerator {
+    last: std::cell::Cell<u128>,
+}
+
+impl IdGenerator {
+    /// The next id for time `now` with 10 fresh random bytes.
+    pub fn next(&self, now: Millis, random: [u8; 10]) -> Id {
+        let candidate = Id::from_parts(now, random).0;
+        let last = self.last.get();
+        let id = if candidate > last {
+            candidate
+        } else {
+            // Same or earlier millisecond: step the random tail of the last id.
+            last + 1
+        };
+        self.last.set(id);
+        Id(id)
+    }
+}
+
 /// A string that is not an id in canonical form.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not an id (expected 8-4-4-4-12 hex digits): {0:?}")]
@@ -366,8 +390,26 @@ mod tests {
     }
 
     #[test]
+    fn generated_ids_strictly_increase_within_a_millisecond_and_backwards_steps() {
+        let ids = IdGenerator::default();
+        let a = ids.next(1_000, [0xff; 10]);
+        let b = ids.next(1_000, [0x00; 10]);
+        let c = ids.next(999, [0x00; 10]);
+        let d = ids.next(1_001, [0x00; 10]);
+        assert!(a < b && b < c && c < d, "{a} {b} {c} {d}");
+        assert_eq!(d.created_at(), 1_001);
+    }
+
+    #[test]
     fn malformed_ids_are_refused() {
-        for bad in ["", "nope", "0190a0b0-0000-7000-8000-00000000000", "0190a0b0x0000-7000-8000-000000000000", "0190a0b0-0000-7000-8000-00000000000g", "+190a0b0-0000-7000-8000-000000000000"] {
+        for bad in [
+            "",
+            "nope",
+            "0190a0b0-0000-7000-8000-00000000000",
+            "0190a0b0x0000-7000-8000-000000000000",
+            "0190a0b0-0000-7000-8000-00000000000g",
+            "+190a0b0-0000-7000-8000-000000000000",
+        ] {
             assert!(bad.parse::<Id>().is_err(), "{bad}");
         }
     }

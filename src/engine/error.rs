@@ -1,0 +1,64 @@
+//! The engine's error type: what a caller of the SDK can get back.
+
+use crate::core::keys::KeyError;
+use crate::core::model::InvalidInput;
+use crate::ports::StoreError;
+
+/// Everything that can go wrong in a client call. Each variant has a stable
+/// [`code`](Error::code) that the JS bindings put on the `Error` object.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The caller's input was refused; nothing was written.
+    #[error("{0}")]
+    InvalidInput(#[from] InvalidInput),
+    /// No such thread or message on this device.
+    #[error("no {what} with id {id}")]
+    NotFound {
+        /// "thread" or "message".
+        what: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// The client was closed.
+    #[error("the client is closed")]
+    Closed,
+    /// The database was made by another user.
+    #[error("this database belongs to user {owner:?}, not {user:?}")]
+    WrongUser {
+        /// Who owns the database.
+        owner: String,
+        /// Who tried to open it.
+        user: String,
+    },
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A key could not be made, wrapped or unwrapped.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A payload could not be sealed.
+    #[error("could not encrypt: {0}")]
+    Seal(String),
+}
+
+impl Error {
+    /// A stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidInput(_) => "invalid_input",
+            Error::NotFound { .. } => "not_found",
+            Error::Closed => "closed",
+            Error::WrongUser { .. } => "wrong_user",
+            Error::Store(StoreError::Quota(_)) => "quota_exceeded",
+            Error::Store(StoreError::VersionChange) => "version_change",
+            Error::Store(StoreError::Open(_)) => "storage_unavailable",
+            Error::Store(_) => "storage",
+            Error::Key(e) => e.code(),
+            Error::Seal(_) => "crypto",
+        }
+    }
+}
+
+/// The engine's result type.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,438 @@
+//! The engine: runs the pure core over the ports. One [`Client`] per open
+//! database; the JS `ChatClient` is a thin wrapper around it.
+//!
+//! Encryption happens before a store write starts, so a write never waits on
+//! anything but the store (IndexedDB transactions auto-commit when idle).
+
+mod error;
+mod views;
+
+pub use error::{Error, Result};
+pub use views::{Message, Thread, ThreadChange};
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::envelope::{Aad, Envelope, SealKind};
+use crate::core::keys::{KeyId, KeyRing, ThreadKey};
+use crate::core::model::{
+    display_order, validate_body, validate_title, DeviceId, Id, IdGenerator, InvalidInput, MessageId,
+    MessageRecord, MessageStatus, Millis, Mutation, MutationState, ThreadId, ThreadRecord, UserId,
+    MAX_MEMBERS,
+};
+use crate::core::sync::MutationBody;
+use crate::ports::{Clock, KeyWrapper, Store, WrappedKey, Write};
+
+/// The metadata key of the device record.
+const META_DEVICE: &str = "device";
+
+/// Who this database belongs to, written once when it is created.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DeviceMeta {
+    device_id: DeviceId,
+    user_id: UserId,
+    device_name: Option<String>,
+    created_at: Millis,
+}
+
+/// Default and largest page of [`Client::messages`].
+pub const DEFAULT_PAGE: u32 = 50;
+/// Largest page of [`Client::messages`].
+pub const MAX_PAGE: u32 = 1000;
+
+/// Identifies a subscription, to end it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubscriptionId(u64);
+
+type Callback = Rc<dyn Fn(&ThreadChange)>;
+
+/// An open chat client over a store, a clock and a key wrapper.
+pub struct Client<S: Store, C: Clock, W: KeyWrapper> {
+    store: S,
+    clock: C,
+    wrapper: W,
+    device: DeviceMeta,
+    ids: IdGenerator,
+    keys: RefCell<KeyRing>,
+    /// Stored key records, to persist encryption counts and rotations.
+    key_records: RefCell<HashMap<KeyId, WrappedKey>>,
+    subscribers: RefCell<Vec<(SubscriptionId, ThreadId, Callback)>>,
+    next_subscription: Cell<u64>,
+    closed: Cell<bool>,
+}
+
+/// Fresh random bytes from the platform (crypto.getRandomValues in browsers).
+pub(crate) fn random<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).expect("the platform has a random source");
+    bytes
+}
+
+/// Keys' encryption counts are persisted in steps of this many; on reopen the
+/// count resumes one step higher, so it is never under-counted.
+const COUNT_STEP: u64 = 1024;
+
+impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
+    /// Opens a client on `store` for `user`, creating the device record on
+    /// first use and unwrapping the stored thread keys.
+    pub async fn open(
+        store: S,
+        clock: C,
+        wrapper: W,
+        user: UserId,
+        device_name: Option<String>,
+    ) -> Result<Self> {
+        let device = match store.meta(META_DEVICE).await? {
+            Some(json) => {
+                let device: DeviceMeta = serde_json::from_str(&json).map_err(|e| {
+                    crate::ports::StoreError::Corrupt { store: "meta", reason: e.to_string() }
+                })?;
+                if device.user_id != user {
+                    return Err(Error::WrongUser { owner: device.user_id.0, user: user.0 });
+                }
+                device
+            }
+            None => {
+                let now = clock.now();
+                let device = DeviceMeta {
+                    device_id: DeviceId::from_parts(now, random()),
+                    user_id: user,
+                    device_name,
+                    created_at: now,
+                };
+                let value = serde_json::to_string(&device).expect("device meta serializes");
+                store.write(vec![Write::PutMeta { key: META_DEVICE.into(), value }]).await?;
+                device
+            }
+        };
+
+        let mut ring = KeyRing::default();
+        let mut key_records = HashMap::new();
+        for record in store.keys().await? {
+            // A key that does not unwrap stays out of the ring: its messages
+            // show as undecryptable (key_missing) instead of failing the open.
+            // A key id clash means a forged or broken record: it stays out too.
+            if let Ok(key) = wrapper.unwrap(record.thread_id, record.key_id, &record.wrapped).await {
+                let _ = ring.insert(record.thread_id, key, record.encryptions + COUNT_STEP, record.current);
+            }
+            key_records.insert(record.key_id, record);
+        }
+
+        Ok(Client {
+            store,
+            clock,
+            wrapper,
+            device,
+            ids: IdGenerator::default(),
+            keys: RefCell::new(ring),
+            key_records: RefCell::new(key_records),
+            subscribers: RefCell::default(),
+            next_subscription: Cell::new(0),
+            closed: Cell::new(false),
+        })
+    }
+
+    /// The user this client acts for.
+    pub fn user(&self) -> &UserId {
+        &self.device.user_id
+    }
+
+    /// The store this client runs on.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// This device's id.
+    pub fn device_id(&self) -> DeviceId {
+        self.device.device_id
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.get() {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn new_id(&self) -> Id {
+        self.ids.next(self.clock.now(), random())
+    }
+
+    /// Creates a thread with a fresh key; `members` besides the caller.
+    pub async fn create_thread(&self, title: &str, members: &[String]) -> Result<Thread> {
+        self.check_open()?;
+        validate_title(title)?;
+        if members.len() > MAX_MEMBERS {
+            return Err(InvalidInput::TooManyMembers(members.len()).into());
+        }
+        let mut all = vec![self.device.user_id.clone()];
+        for member in members {
+            all.push(UserId::parse(member)?);
+        }
+        all.sort();
+        all.dedup();
+
+        let now = self.clock.now();
+        let thread_id = ThreadId(self.new_id());
+        let key = ThreadKey::generate()?;
+        let key_record = WrappedKey {
+            key_id: key.id(),
+            thread_id,
+            wrapped: self.wrapper.wrap(thread_id, &key).await?,
+            current: true,
+            encryptions: 0,
+            created_at: now,
+        };
+        let title_aad = title_aad(thread_id, &self.device.user_id);
+        let mut ring = KeyRing::default();
+        ring.insert(thread_id, key.clone(), 0, true)?;
+        let sealed = ring.seal(&title_aad, title.as_bytes()).map_err(|e| Error::Seal(e.to_string()))?;
+        let record = ThreadRecord {
+            id: thread_id,
+            title: sealed.clone(),
+            members: all.clone(),
+            created_by: self.device.user_id.clone(),
+            created_at: now,
+        };
+        let mutation = self.mutation(
+            MutationBody::CreateThread {
+                thread_id,
+                title: sealed,
+                members: all.iter().filter(|m| **m != self.device.user_id).cloned().collect(),
+                created_at: now,
+            },
+            now,
+        );
+        self.store
+            .write(vec![
+                Write::PutKey(key_record.clone()),
+                Write::PutThread(record.clone()),
+                Write::Enqueue(mutation),
+            ])
+            .await?;
+        // Only a stored key joins the ring: a failed write leaves no trace.
+        self.keys.borrow_mut().insert(thread_id, key, 1, true)?;
+        self.key_records.borrow_mut().insert(key_record.key_id, key_record);
+        Ok(self.thread_view(&record))
+    }
+
+    /// Every thread on this device.
+    pub async fn threads(&self) -> Result<Vec<Thread>> {
+        self.check_open()?;
+        let records = self.store.threads().await?;
+        Ok(records.iter().map(|r| self.thread_view(r)).collect())
+    }
+
+    /// Sends `text` to a thread: the message is stored with its outbox row in
+    /// one write and returned as `pending`. Subscribers see it at once, before
+    /// the write (a local echo); if the write fails they see it `failed`.
+    pub async fn send(&self, thread_id: ThreadId, text: &str) -> Result<Message> {
+        self.check_open()?;
+        validate_body(text)?;
+        if !self.keys.borrow().has_thread(thread_id) {
+            return Err(Error::NotFound { what: "thread", id: thread_id.to_string() });
+        }
+        let now = self.clock.now();
+        let id = MessageId(self.new_id());
+        let aad = Aad { thread_id, message_id: id.0, sender: &self.device.user_id, kind: SealKind::Send };
+        let body = self.seal(thread_id, &aad, text.as_bytes())?;
+        let record = MessageRecord {
+            id,
+            thread_id,
+            sender: self.device.user_id.clone(),
+            body: Some(body.clone()),
+            seq: None,
+            client_ts: now,
+            server_ts: None,
+            edited: false,
+            deleted: false,
+            status: MessageStatus::Pending,
+            order: display_order(None, now),
+        };
+        let mut view = self.message_view_with_body(&record, Some(text.to_owned()));
+        self.notify(thread_id, vec![view.clone()]);
+
+        let mutation =
+            self.mutation(MutationBody::Send { thread_id, message_id: id, body, client_ts: now }, now);
+        let mut writes = vec![Write::PutMessage(record), Write::Enqueue(mutation)];
+        writes.extend(self.key_count_update(thread_id));
+        if let Err(e) = self.store.write(writes).await {
+            let error = Error::from(e);
+            view.status = MessageStatus::Failed {
+                code: error.code().into(),
+                message: error.to_string(),
+                recoverable: false,
+            };
+            self.notify(thread_id, vec![view]);
+            return Err(error);
+        }
+        Ok(view)
+    }
+
+    /// Up to `limit` messages of a thread before the message `before` (or the
+    /// newest), oldest first. Pass the first message's id to page further back.
+    pub async fn messages(
+        &self,
+        thread_id: ThreadId,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        self.check_open()?;
+        let limit = limit.min(MAX_PAGE);
+        let before = match before {
+            None => None,
+            Some(id) => {
+                let anchor = self.store.message(id).await?;
+                match anchor {
+                    Some(m) if m.thread_id == thread_id => Some((m.order, m.id)),
+                    _ => return Err(Error::NotFound { what: "message", id: id.to_string() }),
+                }
+            }
+        };
+        let mut page = self.store.messages_before(thread_id, before, limit).await?;
+        page.reverse();
+        Ok(page.iter().map(|m| self.message_view(m)).collect())
+    }
+
+    /// Calls `callback` on every change to a thread's messages made or seen by
+    /// this client, until [`unsubscribe`](Self::unsubscribe).
+    pub fn subscribe(
+        &self,
+        thread_id: ThreadId,
+        callback: impl Fn(&ThreadChange) + 'static,
+    ) -> SubscriptionId {
+        let id = SubscriptionId(self.next_subscription.get());
+        self.next_subscription.set(id.0 + 1);
+        self.subscribers.borrow_mut().push((id, thread_id, Rc::new(callback)));
+        id
+    }
+
+    /// Ends a subscription; ending one twice is harmless.
+    pub fn unsubscribe(&self, id: SubscriptionId) {
+        self.subscribers.borrow_mut().retain(|(s, _, _)| *s != id);
+    }
+
+    /// Closes the client: later calls fail with [`Error::Closed`] and
+    /// subscribers hear nothing more.
+    pub fn close(&self) {
+        self.closed.set(true);
+        self.subscribers.borrow_mut().clear();
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    fn notify(&self, thread_id: ThreadId, messages: Vec<Message>) {
+        // Callbacks may call back into the client: call them on a copy.
+        let callbacks: Vec<Callback> = self
+            .subscribers
+            .borrow()
+            .iter()
+            .filter(|(_, t, _)| *t == thread_id)
+            .map(|(_, _, cb)| cb.clone())
+            .collect();
+        let change = ThreadChange { thread_id, messages };
+        for callback in callbacks {
+            callback(&change);
+        }
+    }
+
+    fn mutation(&self, body: MutationBody, now: Millis) -> Mutation {
+        Mutation {
+            mutation_id: 0,
+            body,
+            attempts: 0,
+            next_attempt_at: now,
+            state: MutationState::Queued,
+            created_at: now,
+        }
+    }
+
+    fn seal(&self, thread_id: ThreadId, aad: &Aad<'_>, plaintext: &[u8]) -> Result<Envelope> {
+        let _ = thread_id;
+        self.keys.borrow_mut().seal(aad, plaintext).map_err(|e| Error::Seal(e.to_string()))
+    }
+
+    /// A key record update when the thread key's count passed the next
+    /// persisted step, to go in the same write as the seal it counts.
+    fn key_count_update(&self, thread_id: ThreadId) -> Option<Write> {
+        let keys = self.keys.borrow();
+        let key_id = keys.current_key_id(thread_id)?;
+        let count = keys.encryption_count(key_id);
+        let mut records = self.key_records.borrow_mut();
+        let record = records.get_mut(&key_id)?;
+        if count < record.encryptions + COUNT_STEP {
+            return None;
+        }
+        record.encryptions = count;
+        Some(Write::PutKey(record.clone()))
+    }
+
+    fn thread_view(&self, record: &ThreadRecord) -> Thread {
+        let aad = title_aad(record.id, &record.created_by);
+        let (title, undecryptable) = self.open_text(&aad, &record.title);
+        Thread {
+            id: record.id,
+            title,
+            undecryptable,
+            members: record.members.clone(),
+            created_by: record.created_by.clone(),
+            created_at: record.created_at,
+        }
+    }
+
+    fn message_view(&self, record: &MessageRecord) -> Message {
+        match &record.body {
+            None => self.message_view_with_body(record, None),
+            Some(body) => {
+                let kind = if record.edited { SealKind::Edit } else { SealKind::Send };
+                let aad = Aad {
+                    thread_id: record.thread_id,
+                    message_id: record.id.0,
+                    sender: &record.sender,
+                    kind,
+                };
+                let (text, undecryptable) = self.open_text(&aad, body);
+                Message { undecryptable, ..self.message_view_with_body(record, text) }
+            }
+        }
+    }
+
+    fn message_view_with_body(&self, record: &MessageRecord, body: Option<String>) -> Message {
+        Message {
+            id: record.id,
+            thread_id: record.thread_id,
+            sender: record.sender.clone(),
+            body,
+            undecryptable: None,
+            seq: record.seq,
+            client_ts: record.client_ts,
+            server_ts: record.server_ts,
+            edited: record.edited,
+            deleted: record.deleted,
+            status: record.status.clone(),
+        }
+    }
+
+    /// Opens sealed text, failing closed: on any failure the text is `None`
+    /// and the reason code says why; nothing else is ever shown.
+    fn open_text(&self, aad: &Aad<'_>, envelope: &Envelope) -> (Option<String>, Option<&'static str>) {
+        match self.keys.borrow().open(aad, envelope) {
+            Ok(bytes) => match String::from_utf8(bytes.to_vec()) {
+                Ok(text) => (Some(text), None),
+                Err(_) => (None, Some("invalid_utf8")),
+            },
+            Err(e) => (None, Some(e.code())),
+        }
+    }
+}
+
+fn title_aad(thread_id: ThreadId, creator: &UserId) -> Aad<'_> {
+    Aad { thread_id, message_id: thread_id.0, sender: creator, kind: SealKind::ThreadTitle }
+}

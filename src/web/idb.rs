@@ -1,0 +1,423 @@
+//! The [`Store`] on IndexedDB.
+//!
+//! Object stores (DESIGN.md §2): `threads` (key `id`), `messages` (key `id`;
+//! index `by_thread_order` on `[thread_id, order, id]` for paging, and from
+//! schema v2 `by_thread_seq` on `[thread_id, seq]`), `outbox` (key
+//! `mutation_id`, generated: the key generator never hands out an id twice,
+//! even across tabs), `keys` (key `key_id`) and `meta` (key `key`).
+//!
+//! A [`Store::write`] is one readwrite transaction: every record is converted
+//! to JS before it opens, every request is issued at once, and nothing but
+//! IndexedDB is awaited until it completes.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use idb::{
+    CursorDirection, Database, DatabaseEvent as _, Event as _, Factory, IndexParams, KeyPath, KeyRange,
+    ObjectStoreParams, Query, Request as _, TransactionMode, TransactionResult,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use wasm_bindgen::{JsCast, JsValue};
+
+use crate::core::model::{MessageId, MessageRecord, Mutation, ThreadId, ThreadRecord};
+use crate::ports::{Store, StoreError, StoreResult, WrappedKey, Write};
+
+/// The schema version this build writes. Raise it by one with each schema
+/// change, and add that version's step to [`upgrade`].
+pub const SCHEMA_VERSION: u32 = 2;
+
+const THREADS: &str = "threads";
+const MESSAGES: &str = "messages";
+const OUTBOX: &str = "outbox";
+const KEYS: &str = "keys";
+const META: &str = "meta";
+const BY_THREAD_ORDER: &str = "by_thread_order";
+const BY_THREAD_SEQ: &str = "by_thread_seq";
+
+/// Brings a database from `old` to `new`, one version step at a time, inside
+/// the upgrade transaction.
+fn upgrade(db: &Database, tx: &idb::Transaction, old: u32, new: u32) -> Result<(), idb::Error> {
+    for version in old + 1..=new {
+        match version {
+            1 => {
+                let mut by_id = ObjectStoreParams::new();
+                by_id.key_path(Some(KeyPath::new_single("id")));
+                db.create_object_store(THREADS, by_id.clone())?;
+                let messages = db.create_object_store(MESSAGES, by_id)?;
+                messages.create_index(
+                    BY_THREAD_ORDER,
+                    KeyPath::new_array(["thread_id", "order", "id"]),
+                    None,
+                )?;
+
+                let mut outbox = ObjectStoreParams::new();
+                outbox.key_path(Some(KeyPath::new_single("mutation_id"))).auto_increment(true);
+                db.create_object_store(OUTBOX, outbox)?;
+
+                let mut keys = ObjectStoreParams::new();
+                keys.key_path(Some(KeyPath::new_single("key_id")));
+                db.create_object_store(KEYS, keys)?;
+
+                let mut meta = ObjectStoreParams::new();
+                meta.key_path(Some(KeyPath::new_single("key")));
+                db.create_object_store(META, meta)?;
+            }
+            2 => {
+                // Pending messages have no seq and so stay out of this index.
+                let mut params = IndexParams::new();
+                params.unique(false);
+                tx.object_store(MESSAGES)?.create_index(
+                    BY_THREAD_SEQ,
+                    KeyPath::new_array(["thread_id", "seq"]),
+                    Some(params),
+                )?;
+            }
+            _ => unreachable!("no upgrade step for schema version {version}"),
+        }
+    }
+    Ok(())
+}
+
+/// A [`Store`] on one IndexedDB database.
+pub struct IdbStore {
+    db: Database,
+    /// Set when another tab upgraded the schema and this connection closed.
+    superseded: Rc<Cell<bool>>,
+}
+
+impl IdbStore {
+    /// Opens (creating or upgrading) the database `name` at [`SCHEMA_VERSION`].
+    pub async fn open(name: &str) -> StoreResult<Self> {
+        Self::open_at(name, SCHEMA_VERSION).await
+    }
+
+    /// Opens the database at an older schema version; for migration tests.
+    #[doc(hidden)]
+    pub async fn open_at(name: &str, version: u32) -> StoreResult<Self> {
+        if name.is_empty() || name.len() > 256 {
+            return Err(StoreError::Open("database names are 1 to 256 characters".into()));
+        }
+        let factory = Factory::new().map_err(|e| StoreError::Open(describe(&e)))?;
+        let mut request = factory.open(name, Some(version)).map_err(|e| StoreError::Open(describe(&e)))?;
+
+        let upgrade_error: Rc<Cell<Option<String>>> = Rc::default();
+        let upgrade_error_in = upgrade_error.clone();
+        request.on_upgrade_needed(move |event| {
+            let result = (|| {
+                let old = event.old_version()?;
+                let new = event.new_version()?.unwrap_or(version);
+                let db = event.database()?;
+                let tx = event.target()?.transaction().ok_or(idb::Error::EventTargetNotFound)?;
+                upgrade(&db, &tx, old, new)
+            })();
+            if let Err(e) = result {
+                upgrade_error_in.set(Some(describe(&e)));
+            }
+        });
+        // Another tab holds an older version open and did not let go.
+        let blocked = Rc::new(Cell::new(false));
+        let blocked_in = blocked.clone();
+        let (blocked_tx, blocked_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut blocked_tx = Some(blocked_tx);
+        request.on_blocked(move |_| {
+            blocked_in.set(true);
+            if let Some(tx) = blocked_tx.take() {
+                let _ = tx.send(());
+            }
+        });
+
+        let opened = first_of(std::future::IntoFuture::into_future(request), blocked_rx).await;
+        let mut db = match opened {
+            Either::Left(Ok(db)) => db,
+            Either::Left(Err(e)) => {
+                let reason = upgrade_error.take().unwrap_or_else(|| describe(&e));
+                return Err(StoreError::Open(reason));
+            }
+            Either::Right(_) => {
+                return Err(StoreError::Open(
+                    "the database upgrade is blocked by another open tab; close other tabs of this app"
+                        .into(),
+                ))
+            }
+        };
+        let superseded = Rc::new(Cell::new(false));
+        let superseded_in = superseded.clone();
+        // A newer tab wants to upgrade: let go at once instead of blocking it.
+        db.on_version_change(move |event| {
+            superseded_in.set(true);
+            if let Ok(db) = event.database() {
+                db.close();
+            }
+        });
+        Ok(IdbStore { db, superseded })
+    }
+
+    /// Closes the connection (after running transactions finish).
+    pub fn close(&self) {
+        self.db.close();
+    }
+
+    /// The schema version of the open database.
+    pub fn version(&self) -> u32 {
+        self.db.version().unwrap_or(0)
+    }
+
+    /// Whether another tab's upgrade closed this connection.
+    pub fn superseded(&self) -> bool {
+        self.superseded.get()
+    }
+
+    fn transaction(&self, stores: &[&str], mode: TransactionMode) -> StoreResult<idb::Transaction> {
+        if self.superseded.get() {
+            return Err(StoreError::VersionChange);
+        }
+        self.db.transaction(stores, mode).map_err(|e| classify(&e))
+    }
+
+    async fn get<T: DeserializeOwned>(&self, store: &'static str, key: JsValue) -> StoreResult<Option<T>> {
+        let tx = self.transaction(&[store], TransactionMode::ReadOnly)?;
+        let value =
+            tx.object_store(store).map_err(|e| classify(&e))?.get(key).map_err(|e| classify(&e))?.await;
+        match value.map_err(|e| classify(&e))? {
+            Some(v) => from_js(store, v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn get_all<T: DeserializeOwned>(&self, store: &'static str) -> StoreResult<Vec<T>> {
+        let tx = self.transaction(&[store], TransactionMode::ReadOnly)?;
+        let values = tx
+            .object_store(store)
+            .map_err(|e| classify(&e))?
+            .get_all(None, None)
+            .map_err(|e| classify(&e))?
+            .await
+            .map_err(|e| classify(&e))?;
+        values.into_iter().map(|v| from_js(store, v)).collect()
+    }
+
+    /// Reads a raw JS value from `meta` (e.g. a non-extractable CryptoKey).
+    pub async fn raw_meta(&self, key: &str) -> StoreResult<Option<JsValue>> {
+        let tx = self.transaction(&[META], TransactionMode::ReadOnly)?;
+        let store = tx.object_store(META).map_err(|e| classify(&e))?;
+        let record =
+            store.get(JsValue::from_str(key)).map_err(|e| classify(&e))?.await.map_err(|e| classify(&e))?;
+        Ok(record.map(|r| js_sys::Reflect::get(&r, &"value".into()).unwrap_or(JsValue::UNDEFINED)))
+    }
+
+    /// Writes a raw JS value to `meta`, only if no value is there yet; returns
+    /// the value that is stored afterwards (another tab may have won the race).
+    pub async fn raw_meta_insert(&self, key: &str, value: &JsValue) -> StoreResult<JsValue> {
+        let record = js_sys::Object::new();
+        let set = |k: &str, v: &JsValue| js_sys::Reflect::set(&record, &k.into(), v);
+        set("key", &key.into())
+            .and_then(|_| set("value", value))
+            .map_err(|e| StoreError::Other(format!("{e:?}")))?;
+        let tx = self.transaction(&[META], TransactionMode::ReadWrite)?;
+        let store = tx.object_store(META).map_err(|e| classify(&e))?;
+        // `add` fails if the key exists; that failure is the race being lost.
+        let added = store.add(&record, None).map_err(|e| classify(&e))?.await;
+        let _ = tx.await;
+        match added {
+            Ok(_) => Ok(value.clone()),
+            Err(_) => {
+                self.raw_meta(key).await?.ok_or_else(|| StoreError::Other("meta record vanished".into()))
+            }
+        }
+    }
+}
+
+impl Store for IdbStore {
+    async fn write(&self, writes: Vec<Write>) -> StoreResult<Vec<u64>> {
+        enum Op {
+            Put(&'static str, JsValue),
+            Add(JsValue),
+            Delete(&'static str, JsValue),
+        }
+        // Everything is converted before the transaction opens.
+        let mut ops = Vec::with_capacity(writes.len());
+        for write in &writes {
+            ops.push(match write {
+                Write::PutThread(t) => Op::Put(THREADS, to_js(t)?),
+                Write::PutMessage(m) => Op::Put(MESSAGES, to_js(m)?),
+                Write::Enqueue(m) => {
+                    let value = to_js(m)?;
+                    // Without the key field, the key generator assigns it.
+                    let _ = js_sys::Reflect::delete_property(
+                        value.unchecked_ref::<js_sys::Object>(),
+                        &"mutation_id".into(),
+                    );
+                    Op::Add(value)
+                }
+                Write::PutMutation(m) => Op::Put(OUTBOX, to_js(m)?),
+                Write::RemoveMutation(id) => Op::Delete(OUTBOX, JsValue::from_f64(*id as f64)),
+                Write::PutKey(k) => Op::Put(KEYS, to_js(k)?),
+                Write::PutMeta { key, value } => {
+                    Op::Put(META, to_js(&serde_json::json!({ "key": key, "value": value }))?)
+                }
+            });
+        }
+        let mut names: Vec<&str> = ops
+            .iter()
+            .map(|op| match op {
+                Op::Put(s, _) | Op::Delete(s, _) => *s,
+                Op::Add(_) => OUTBOX,
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        let tx = self.transaction(&names, TransactionMode::ReadWrite)?;
+        let mut adds = Vec::new();
+        for op in ops {
+            let issued = match op {
+                Op::Put(store, value) => tx.object_store(store).and_then(|s| s.put(&value, None)).map(drop),
+                Op::Delete(store, key) => tx.object_store(store).and_then(|s| s.delete(key)).map(drop),
+                Op::Add(value) => tx.object_store(OUTBOX).and_then(|s| s.add(&value, None)).map(|request| {
+                    adds.push(std::future::IntoFuture::into_future(request));
+                }),
+            };
+            if let Err(e) = issued {
+                let _ = tx.abort();
+                return Err(classify(&e));
+            }
+        }
+        let mut ids = Vec::with_capacity(adds.len());
+        let mut failure = None;
+        for add in adds {
+            match add.await {
+                Ok(key) => ids.push(key.as_f64().unwrap_or(0.0) as u64),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        match tx.await {
+            Ok(TransactionResult::Committed) if failure.is_none() => Ok(ids),
+            Ok(_) => {
+                Err(failure.map(|e| classify(&e)).unwrap_or(StoreError::Other("transaction aborted".into())))
+            }
+            Err(e) => Err(classify(failure.as_ref().unwrap_or(&e))),
+        }
+    }
+
+    async fn thread(&self, id: ThreadId) -> StoreResult<Option<ThreadRecord>> {
+        self.get(THREADS, JsValue::from_str(&id.to_string())).await
+    }
+
+    async fn threads(&self) -> StoreResult<Vec<ThreadRecord>> {
+        self.get_all(THREADS).await
+    }
+
+    async fn message(&self, id: MessageId) -> StoreResult<Option<MessageRecord>> {
+        self.get(MESSAGES, JsValue::from_str(&id.to_string())).await
+    }
+
+    async fn messages_before(
+        &self,
+        thread: ThreadId,
+        before: Option<(f64, MessageId)>,
+        limit: u32,
+    ) -> StoreResult<Vec<MessageRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let thread = JsValue::from_str(&thread.to_string());
+        let lower = js_sys::Array::of1(&thread);
+        let (upper, upper_open) = match before {
+            Some((order, id)) => (
+                js_sys::Array::of3(&thread, &JsValue::from_f64(order), &JsValue::from_str(&id.to_string())),
+                true,
+            ),
+            // An array sorts above every number: this bound is past the newest.
+            None => (js_sys::Array::of2(&thread, &js_sys::Array::new()), false),
+        };
+        let range =
+            KeyRange::bound(&lower, &upper, Some(false), Some(upper_open)).map_err(|e| classify(&e))?;
+        let tx = self.transaction(&[MESSAGES], TransactionMode::ReadOnly)?;
+        let index =
+            tx.object_store(MESSAGES).and_then(|s| s.index(BY_THREAD_ORDER)).map_err(|e| classify(&e))?;
+        let cursor = index
+            .open_cursor(Some(Query::KeyRange(range)), Some(CursorDirection::Prev))
+            .map_err(|e| classify(&e))?
+            .await
+            .map_err(|e| classify(&e))?;
+        let mut page = Vec::new();
+        let Some(cursor) = cursor else { return Ok(page) };
+        let mut cursor = cursor.into_managed();
+        while let Some(value) = cursor.value().map_err(|e| classify(&e))? {
+            page.push(from_js(MESSAGES, value)?);
+            if page.len() as u32 >= limit {
+                break;
+            }
+            cursor.next(None).await.map_err(|e| classify(&e))?;
+        }
+        Ok(page)
+    }
+
+    async fn outbox(&self) -> StoreResult<Vec<Mutation>> {
+        self.get_all(OUTBOX).await
+    }
+
+    async fn keys(&self) -> StoreResult<Vec<WrappedKey>> {
+        self.get_all(KEYS).await
+    }
+
+    async fn meta(&self, key: &str) -> StoreResult<Option<String>> {
+        #[derive(serde::Deserialize)]
+        struct Meta {
+            value: String,
+        }
+        Ok(self.get::<Meta>(META, JsValue::from_str(key)).await?.map(|m| m.value))
+    }
+}
+
+fn to_js<T: Serialize + ?Sized>(value: &T) -> StoreResult<JsValue> {
+    value
+        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+        .map_err(|e| StoreError::Other(format!("could not convert a record: {e}")))
+}
+
+fn from_js<T: DeserializeOwned>(store: &'static str, value: JsValue) -> StoreResult<T> {
+    serde_wasm_bindgen::from_value(value).map_err(|e| StoreError::Corrupt { store, reason: e.to_string() })
+}
+
+/// The error's text, with the DOMException name where there is one.
+fn describe(error: &idb::Error) -> String {
+    error.to_string()
+}
+
+/// Sorts a failure into the classes callers act on.
+fn classify(error: &idb::Error) -> StoreError {
+    let text = describe(error);
+    if text.contains("QuotaExceededError") {
+        StoreError::Quota(text)
+    } else {
+        StoreError::Other(text)
+    }
+}
+
+enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+/// Whichever of two futures finishes first.
+async fn first_of<A: std::future::Future, B: std::future::Future>(
+    a: A,
+    b: B,
+) -> Either<A::Output, B::Output> {
+    let (mut a, mut b) = (std::pin::pin!(a), std::pin::pin!(b));
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(v) = a.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Either::Left(v));
+        }
+        b.as_mut().poll(cx).map(Either::Right)
+    })
+    .await
+}

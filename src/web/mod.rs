@@ -1,0 +1,20 @@
+//! Browser adapters: the only code that touches JS or web APIs. Each port of
+//! the engine gets its browser implementation here, and [`bindings`] exposes
+//! the `ChatClient` class to JS.
+
+pub mod bindings;
+pub mod idb;
+pub mod kek;
+
+use crate::core::model::Millis;
+use crate::ports::Clock;
+
+/// The browser's wall clock (`Date.now()`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BrowserClock;
+
+impl Clock for BrowserClock {
+    fn now(&self) -> Millis {
+        js_sys::Date::now() as Millis
+    }
+}
