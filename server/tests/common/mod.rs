@@ -127,6 +127,17 @@ impl Http {
         token: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> Reply {
+        self.try_request(method, path, token, body).await.expect("request failed")
+    }
+
+    /// A request that may fail at the transport (e.g. the server was killed).
+    pub async fn try_request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Result<Reply, String> {
         let mut builder = Request::builder().method(method).uri(format!("{}{path}", self.base));
         if let Some(token) = token {
             builder = builder.header("authorization", format!("Bearer {token}"));
@@ -137,12 +148,12 @@ impl Http {
         let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap();
         let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
             .await
-            .expect("request timed out")
-            .expect("request failed");
+            .map_err(|_| "request timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        Reply { status, headers, body }
+        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Reply { status, headers, body })
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
@@ -255,6 +266,108 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+    }
+}
+
+/// The real binary on a database file, on 127.0.0.1 port 0; killed on drop.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub http: Http,
+    pub addr: String,
+    /// How long until it printed its address.
+    pub startup: Duration,
+    stderr: Arc<std::sync::Mutex<String>>,
+}
+
+impl ServerProcess {
+    pub fn start(db: &std::path::Path, extra: &[&str]) -> Self {
+        use std::io::{BufRead, BufReader, Read};
+        use std::process::{Command, Stdio};
+        let started = std::time::Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dovecote-server"))
+            .arg("--db")
+            .arg(db)
+            .args(["--addr", "127.0.0.1:0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("server binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let stderr = Arc::new(std::sync::Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no address printed; stderr: {}", stderr.lock().unwrap());
+            }
+        };
+        let startup = started.elapsed();
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let addr = base.strip_prefix("http://").unwrap().to_owned();
+        ServerProcess { child, http: Http::new(base), addr, startup, stderr }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends `signal` (e.g. "TERM", "INT") and waits for the exit (bounded).
+    pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.wait(Duration::from_secs(10)).expect("server exits after the signal")
+    }
+
+    pub fn wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
