@@ -5,6 +5,7 @@
 //! Every test states what a user would notice if it broke: a message that
 //! does not come back as written, a forged or moved message that shows up
 //! as genuine, a key that leaks, an invite link that crashes the page.
+#![cfg(not(target_arch = "wasm32"))]
 
 use std::collections::HashSet;
 use std::time::Instant;

@@ -1,4 +1,5 @@
 //! The engine natively, on the in-memory store: what a UI would notice.
+#![cfg(not(target_arch = "wasm32"))]
 
 use std::cell::RefCell;
 use std::rc::Rc;

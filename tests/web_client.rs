@@ -204,9 +204,10 @@ async fn bad_open_options_and_another_users_database_are_refused() {
 
 #[wasm_bindgen_test]
 async fn a_blocked_upgrade_and_a_newer_database_fail_with_storage_unavailable() {
-    // Another tab holds version 1 open and ignores requests to let go.
+    // Another tab (an older build) holds version 1 open and ignores requests to let go.
     let db = "client-blocked";
     delete_database(db).await;
+    dovecote::web::idb::IdbStore::open_at(db, 1).await.unwrap().close();
     let old = idb::Factory::new().unwrap().open(db, Some(1)).unwrap().await.unwrap();
     let error = open(db, "alice").await.err().expect("blocked");
     assert_eq!(code(&error), "storage_unavailable");
@@ -221,6 +222,16 @@ async fn a_blocked_upgrade_and_a_newer_database_fail_with_storage_unavailable() 
     idb::Factory::new().unwrap().open(db, Some(99)).unwrap().await.unwrap().close();
     let error = open(db, "alice").await.err().expect("newer schema");
     assert_eq!(code(&error), "storage_unavailable");
+
+    // A database of the same name that is not dovecote's is refused, not half-upgraded.
+    let db = "client-foreign";
+    delete_database(db).await;
+    idb::Factory::new().unwrap().open(db, Some(1)).unwrap().await.unwrap().close();
+    let error = open(db, "alice").await.err().expect("foreign database");
+    assert_eq!(code(&error), "storage_unavailable");
+    let raw = idb::Factory::new().unwrap().open(db, None).unwrap().await.unwrap();
+    assert_eq!(raw.version().unwrap(), 1, "the failed upgrade left the version alone");
+    raw.close();
 }
 
 #[wasm_bindgen_test]

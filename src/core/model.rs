@@ -47,6 +47,11 @@ impl Id {
         (self.0 >> 80) as u64
     }
 
+    /// The id from 16 big-endian bytes.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Id(u128::from_be_bytes(bytes))
+    }
+
     /// The id as 16 big-endian bytes.
     pub fn to_bytes(self) -> [u8; 16] {
         self.0.to_be_bytes()

@@ -11,7 +11,9 @@
 //! IndexedDB is awaited until it completes.
 
 use std::cell::Cell;
+use std::future::Future as _;
 use std::rc::Rc;
+use std::task::Poll;
 
 use idb::{
     CursorDirection, Database, DatabaseEvent as _, Event as _, Factory, IndexParams, KeyPath, KeyRange,
@@ -110,36 +112,54 @@ impl IdbStore {
                 let new = event.new_version()?.unwrap_or(version);
                 let db = event.database()?;
                 let tx = event.target()?.transaction().ok_or(idb::Error::EventTargetNotFound)?;
-                upgrade(&db, &tx, old, new)
+                upgrade(&db, &tx, old, new).inspect_err(|_| {
+                    // Abort, so the version stays where it was and no half-made schema remains.
+                    let _ = tx.abort();
+                })
             })();
             if let Err(e) = result {
-                upgrade_error_in.set(Some(describe(&e)));
+                upgrade_error_in.set(Some(format!("the database could not be upgraded: {}", describe(&e))));
             }
         });
-        // Another tab holds an older version open and did not let go.
-        let blocked = Rc::new(Cell::new(false));
-        let blocked_in = blocked.clone();
-        let (blocked_tx, blocked_rx) = tokio::sync::oneshot::channel::<()>();
+        // Another tab holds an older version open and does not let go.
+        let (blocked_tx, mut blocked_rx) = tokio::sync::oneshot::channel::<()>();
         let mut blocked_tx = Some(blocked_tx);
         request.on_blocked(move |_| {
-            blocked_in.set(true);
             if let Some(tx) = blocked_tx.take() {
                 let _ = tx.send(());
             }
         });
 
-        let opened = first_of(std::future::IntoFuture::into_future(request), blocked_rx).await;
+        let mut opening = Box::pin(std::future::IntoFuture::into_future(request));
+        let opened = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = opening.as_mut().poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            match std::pin::Pin::new(&mut blocked_rx).poll(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(None),
+                _ => Poll::Pending,
+            }
+        })
+        .await;
         let mut db = match opened {
-            Either::Left(Ok(db)) => db,
-            Either::Left(Err(e)) => {
+            Some(Ok(db)) => db,
+            Some(Err(e)) => {
                 let reason = upgrade_error.take().unwrap_or_else(|| describe(&e));
                 return Err(StoreError::Open(reason));
             }
-            Either::Right(_) => {
+            None => {
+                // The request stays queued in the browser; keep its handlers
+                // alive so that, once the other tab lets go, the upgrade runs
+                // properly and the connection it opens is closed again.
+                wasm_bindgen_futures::spawn_local(async move {
+                    if let Ok(db) = opening.await {
+                        db.close();
+                    }
+                });
                 return Err(StoreError::Open(
-                    "the database upgrade is blocked by another open tab; close other tabs of this app"
+                    "the database upgrade is blocked by another open tab of this app; close it and retry"
                         .into(),
-                ))
+                ));
             }
         };
         let superseded = Rc::new(Cell::new(false));
@@ -400,24 +420,4 @@ fn classify(error: &idb::Error) -> StoreError {
     } else {
         StoreError::Other(text)
     }
-}
-
-enum Either<A, B> {
-    Left(A),
-    Right(B),
-}
-
-/// Whichever of two futures finishes first.
-async fn first_of<A: std::future::Future, B: std::future::Future>(
-    a: A,
-    b: B,
-) -> Either<A::Output, B::Output> {
-    let (mut a, mut b) = (std::pin::pin!(a), std::pin::pin!(b));
-    std::future::poll_fn(|cx| {
-        if let std::task::Poll::Ready(v) = a.as_mut().poll(cx) {
-            return std::task::Poll::Ready(Either::Left(v));
-        }
-        b.as_mut().poll(cx).map(Either::Right)
-    })
-    .await
 }
