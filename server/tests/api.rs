@@ -8,7 +8,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
-use dovecote::core::model::UserId;
 use dovecote::core::sync::{
     AcceptResponse, Change, InviteResponse, MutationBody, PullResponse, PushMutation, PushResponse,
     ServerMessage,
@@ -692,6 +691,5 @@ async fn envelopes_are_stored_as_blobs_exactly_as_received() {
     assert_eq!((stored, kind.as_str()), (canary.clone(), "blob"));
     let got = messages(&http.pull_all(&alice, 0, 500, None).await);
     assert_eq!(got[0].body.as_ref().unwrap().0, canary);
-    let _: Option<UserId> = None;
     server.stop().await;
 }

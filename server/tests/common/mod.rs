@@ -285,7 +285,10 @@ impl ServerProcess {
         use std::io::{BufRead, BufReader, Read};
         use std::process::{Command, Stdio};
         let started = std::time::Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dovecote-server"))
+        // DOVECOTE_SERVER_BIN runs the suite against another build (e.g. release).
+        let binary = std::env::var_os("DOVECOTE_SERVER_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_dovecote-server").into());
+        let mut child = Command::new(binary)
             .arg("--db")
             .arg(db)
             .args(["--addr", "127.0.0.1:0"])
