@@ -79,10 +79,12 @@ pub fn router<S: Storage>(app: Arc<App<S>>) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
     router = match app.config.static_dir.clone() {
         Some(dir) => {
-            let dir = Arc::new(dir);
+            // The database exists by now (storage opened it), so this resolves.
+            let db = std::fs::canonicalize(&app.config.db).unwrap_or_else(|_| app.config.db.clone());
+            let paths = Arc::new((dir, db));
             router.fallback(move |method: Method, uri: axum::http::Uri| {
-                let dir = dir.clone();
-                async move { statics::serve(&dir, &method, uri.path()).await }
+                let paths = paths.clone();
+                async move { statics::serve(&paths.0, &paths.1, &method, uri.path()).await }
             })
         }
         None => router.fallback(|| async { ApiError::NotFound }),

@@ -43,8 +43,10 @@ fn resolve(root: &Path, url_path: &str) -> Option<PathBuf> {
     Some(path)
 }
 
-/// Answers a request for `url_path` from `root`.
-pub async fn serve(root: &Path, method: &Method, url_path: &str) -> Response {
+/// Answers a request for `url_path` from `root`, never serving a path that
+/// starts with `hidden` (the database file and its `-wal`/`-shm`: the demo
+/// serves the repo root, and the database holds the token secret).
+pub async fn serve(root: &Path, hidden: &Path, method: &Method, url_path: &str) -> Response {
     if method != Method::GET && method != Method::HEAD {
         return ApiError::NotFound.into_response();
     }
@@ -56,7 +58,9 @@ pub async fn serve(root: &Path, method: &Method, url_path: &str) -> Response {
     else {
         return ApiError::NotFound.into_response();
     };
-    if !canonical.starts_with(&canonical_root) {
+    if !canonical.starts_with(&canonical_root)
+        || canonical.as_os_str().as_encoded_bytes().starts_with(hidden.as_os_str().as_encoded_bytes())
+    {
         return ApiError::NotFound.into_response();
     }
     if tokio::fs::metadata(&canonical).await.is_ok_and(|m| m.is_dir()) {

@@ -633,12 +633,21 @@ async fn static_files_are_served_with_types_and_dotfiles_are_not() {
         ("www/index.html", "<h1>demo</h1>"),
         ("www/app.js", "export {}"),
         ("pkg/dovecote_bg.wasm", "\0asm"),
+        ("data/keep", ""),
         (".git/config", "secret"),
     ] {
         std::fs::create_dir_all(path.join(file).parent().unwrap()).unwrap();
         std::fs::write(path.join(file), content).unwrap();
     }
-    let server = TestServer::start_with(|c| c.static_dir = Some(path)).await;
+    // Serve the directory the database lives in, as the demo does.
+    let server = TestServer::start_with(|c| {
+        c.db = path.join("data/demo.db");
+        c.static_dir = Some(path.clone());
+    })
+    .await;
+    for db_file in ["/data/demo.db", "/data/demo.db-wal", "/data/demo.db-shm"] {
+        assert_eq!(server.http.get(db_file, None).await.status, StatusCode::NOT_FOUND, "{db_file}");
+    }
     let http = &server.http;
     let index = http.get("/www/", None).await;
     assert_eq!((index.status, &index.body[..]), (StatusCode::OK, &b"<h1>demo</h1>"[..]));
