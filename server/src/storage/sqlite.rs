@@ -598,10 +598,14 @@ fn pull_blocking(conn: &mut Connection, user: &UserId, q: PullQuery) -> Result<O
                 rows.collect::<rusqlite::Result<_>>()?
             }
             None => {
+                // Walk the feed in seq order and keep the caller's threads: the
+                // scan stops at `limit` rows, so a page never sorts the whole
+                // backlog (an IN-list over a thread index would).
                 let mut stmt = tx.prepare_cached(
-                    "SELECT seq, thread_id, message_id FROM changes
-                     WHERE seq > ?2 AND thread_id IN (SELECT thread_id FROM members WHERE user_id = ?1)
-                     ORDER BY seq LIMIT ?3",
+                    "SELECT c.seq, c.thread_id, c.message_id FROM changes c
+                     WHERE c.seq > ?2 AND EXISTS
+                       (SELECT 1 FROM members m WHERE m.thread_id = c.thread_id AND m.user_id = ?1)
+                     ORDER BY c.seq LIMIT ?3",
                 )?;
                 let rows = stmt.query_map(params![user.as_str(), q.cursor as i64, fetch], map)?;
                 rows.collect::<rusqlite::Result<_>>()?
