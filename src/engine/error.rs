@@ -40,6 +40,17 @@ pub enum Error {
     /// A payload could not be sealed.
     #[error("could not encrypt: {0}")]
     Seal(String),
+    /// The passphrase does not open this database. Nothing was read beyond
+    /// the key-check record, and nothing was written.
+    #[error("wrong passphrase")]
+    WrongPassphrase,
+    /// The database is protected by a passphrase and none was given.
+    #[error("this database is protected by a passphrase; open it with one")]
+    PassphraseRequired,
+    /// A passphrase option that cannot be used: empty, or given for a
+    /// database that was created without one. Nothing was written.
+    #[error("{0}")]
+    PassphraseRefused(&'static str),
 }
 
 impl Error {
@@ -56,6 +67,9 @@ impl Error {
             Error::Store(_) => "storage",
             Error::Key(e) => e.code(),
             Error::Seal(_) => "crypto",
+            Error::WrongPassphrase => "wrong_passphrase",
+            Error::PassphraseRequired => "passphrase_required",
+            Error::PassphraseRefused(_) => "invalid_input",
         }
     }
 }

@@ -17,7 +17,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 
 use crate::core::envelope::{Aad, Envelope, SealKind};
-use crate::core::keys::{KeyId, KeyRing, ThreadKey};
+use crate::core::keys::{Invite, KeyError, KeyId, KeyRing, ThreadKey};
 use crate::core::model::{
     display_order, validate_body, validate_title, DeviceId, Id, IdGenerator, InvalidInput, MessageId,
     MessageRecord, MessageStatus, Millis, Mutation, MutationState, ThreadId, ThreadRecord, UserId,
@@ -109,14 +109,26 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             }
         };
 
+        let records = store.keys().await?;
+        // One current key per thread: the newest record that says so. Two
+        // can say so if two rotations of a thread raced (each demotes the key
+        // it saw as current); either key works for everyone, so picking one
+        // deterministically is enough.
+        let mut current: HashMap<ThreadId, (Millis, KeyId)> = HashMap::new();
+        for record in records.iter().filter(|r| r.current) {
+            let candidate = (record.created_at, record.key_id);
+            let entry = current.entry(record.thread_id).or_insert(candidate);
+            *entry = (*entry).max(candidate);
+        }
         let mut ring = KeyRing::default();
         let mut key_records = HashMap::new();
-        for record in store.keys().await? {
+        for record in records {
             // A key that does not unwrap stays out of the ring: its messages
             // show as undecryptable (key_missing) instead of failing the open.
             // A key id clash means a forged or broken record: it stays out too.
             if let Ok(key) = wrapper.unwrap(record.thread_id, record.key_id, &record.wrapped).await {
-                let _ = ring.insert(record.thread_id, key, record.encryptions + COUNT_STEP, record.current);
+                let is_current = current.get(&record.thread_id).map(|c| c.1) == Some(record.key_id);
+                let _ = ring.insert(record.thread_id, key, record.encryptions + COUNT_STEP, is_current);
             }
             key_records.insert(record.key_id, record);
         }
@@ -236,10 +248,16 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         if !self.keys.borrow().has_thread(thread_id) {
             return Err(Error::NotFound { what: "thread", id: thread_id.to_string() });
         }
+        // Rotation is its own write, before this message is sealed: if it
+        // fails, the message is not sent and the old key stays current.
+        let needs_rotation = self.keys.borrow().needs_rotation(thread_id);
+        if needs_rotation {
+            self.rotate_thread_key(thread_id).await?;
+        }
         let now = self.clock.now();
         let id = MessageId(self.new_id());
         let aad = Aad { thread_id, message_id: id.0, sender: &self.device.user_id, kind: SealKind::Send };
-        let body = self.seal(thread_id, &aad, text.as_bytes())?;
+        let body = self.seal(&aad, text.as_bytes())?;
         let record = MessageRecord {
             id,
             thread_id,
@@ -271,6 +289,118 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             return Err(error);
         }
         Ok(view)
+    }
+
+    /// Gives a thread a new current key: new messages are sealed with it,
+    /// while older ones keep opening with the key they name. The new key and
+    /// the demoted old one are stored in one write; if it fails, nothing
+    /// changes. [`send`](Self::send) also rotates on its own once a key has
+    /// sealed [`ROTATE_AFTER`](crate::core::keys::ROTATE_AFTER) times.
+    pub async fn rotate_thread_key(&self, thread_id: ThreadId) -> Result<()> {
+        self.check_open()?;
+        if self.keys.borrow().current_key_id(thread_id).is_none() {
+            return Err(Error::NotFound { what: "thread", id: thread_id.to_string() });
+        }
+        let key = ThreadKey::generate()?;
+        let new_record = WrappedKey {
+            key_id: key.id(),
+            thread_id,
+            wrapped: self.wrapper.wrap(thread_id, &key).await?,
+            current: true,
+            encryptions: 0,
+            created_at: self.clock.now(),
+        };
+        // Read the current key after the wrap's await: a send may have
+        // counted a seal meanwhile, and a concurrent rotation may have won.
+        let old_record = {
+            let keys = self.keys.borrow();
+            let old_id = keys
+                .current_key_id(thread_id)
+                .ok_or_else(|| Error::NotFound { what: "thread", id: thread_id.to_string() })?;
+            self.key_records.borrow().get(&old_id).map(|record| WrappedKey {
+                current: false,
+                encryptions: record.encryptions.max(keys.encryption_count(old_id)),
+                ..record.clone()
+            })
+        };
+        let mut writes = vec![Write::PutKey(new_record.clone())];
+        writes.extend(old_record.clone().map(Write::PutKey));
+        self.store.write(writes).await?;
+        self.keys.borrow_mut().insert(thread_id, key, 0, true)?;
+        let mut records = self.key_records.borrow_mut();
+        if let Some(old) = old_record {
+            records.insert(old.key_id, old);
+        }
+        records.insert(new_record.key_id, new_record);
+        Ok(())
+    }
+
+    /// An invite code for a thread: its id and current key as base64url, to
+    /// put in the fragment of a link (`#k=<code>`), which browsers do not
+    /// send to servers. The code *is* the key: never log it or send it to
+    /// a server.
+    pub fn export_thread_invite(&self, thread_id: ThreadId) -> Result<String> {
+        self.check_open()?;
+        let keys = self.keys.borrow();
+        let key = keys
+            .current_key(thread_id)
+            .ok_or_else(|| Error::NotFound { what: "thread", id: thread_id.to_string() })?;
+        // The sync issue adds the server's invite token here.
+        Ok(Invite { thread_id, key: key.clone(), server_invite: None }.encode())
+    }
+
+    /// Adds the thread key carried by an invite code (bare, or as a link
+    /// fragment `#k=<code>`) to this device, stored wrapped, and returns the
+    /// thread's id. The thread's messages, and its title and members, open
+    /// once they arrive (by sync); importing the same invite twice is
+    /// harmless.
+    ///
+    /// For a thread this device has no key for yet, the key becomes the one
+    /// new messages are sealed with. For a thread it already has a key for,
+    /// the key is only added for opening: an invite, which anyone who knows
+    /// the thread id can craft, never changes which key this device seals
+    /// with. A key id already held with other bytes, or for another thread,
+    /// is refused with `key_id_conflict`, and nothing is written.
+    pub async fn import_thread_invite(&self, code: &str) -> Result<ThreadId> {
+        self.check_open()?;
+        let invite = Invite::from_fragment(code)?;
+        let thread_id = invite.thread_id;
+        let key_id = invite.key.id();
+        let current = {
+            let keys = self.keys.borrow();
+            if let Some((held_thread, held)) = keys.key(key_id) {
+                if held_thread != thread_id || !same_secret(held, &invite.key) {
+                    return Err(KeyError::KeyIdConflict(key_id).into());
+                }
+                return Ok(thread_id);
+            }
+            // A stored record that did not unwrap (another device key, say)
+            // may be replaced by the real key, but only for its own thread.
+            if self.key_records.borrow().get(&key_id).is_some_and(|r| r.thread_id != thread_id) {
+                return Err(KeyError::KeyIdConflict(key_id).into());
+            }
+            keys.current_key_id(thread_id).is_none()
+        };
+        let record = WrappedKey {
+            key_id,
+            thread_id,
+            wrapped: self.wrapper.wrap(thread_id, &invite.key).await?,
+            current,
+            encryptions: 0,
+            created_at: self.clock.now(),
+        };
+        // Check again after the await: a concurrent import may have added it.
+        if let Some((held_thread, held)) = self.keys.borrow().key(key_id) {
+            if held_thread != thread_id || !same_secret(held, &invite.key) {
+                return Err(KeyError::KeyIdConflict(key_id).into());
+            }
+            return Ok(thread_id);
+        }
+        self.store.write(vec![Write::PutKey(record.clone())]).await?;
+        let current = current && self.keys.borrow().current_key_id(thread_id).is_none();
+        self.keys.borrow_mut().insert(thread_id, invite.key, 0, current)?;
+        self.key_records.borrow_mut().insert(key_id, record);
+        Ok(thread_id)
     }
 
     /// Up to `limit` messages of a thread before the message `before` (or the
@@ -354,8 +484,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         }
     }
 
-    fn seal(&self, thread_id: ThreadId, aad: &Aad<'_>, plaintext: &[u8]) -> Result<Envelope> {
-        let _ = thread_id;
+    fn seal(&self, aad: &Aad<'_>, plaintext: &[u8]) -> Result<Envelope> {
         self.keys.borrow_mut().seal(aad, plaintext).map_err(|e| Error::Seal(e.to_string()))
     }
 
@@ -431,6 +560,13 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             Err(e) => (None, Some(e.code())),
         }
     }
+}
+
+/// Whether two keys have the same bytes, in time that does not depend on
+/// where they differ.
+fn same_secret(a: &ThreadKey, b: &ThreadKey) -> bool {
+    let diff = a.secret_bytes().iter().zip(b.secret_bytes().iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    diff == 0
 }
 
 fn title_aad(thread_id: ThreadId, creator: &UserId) -> Aad<'_> {
