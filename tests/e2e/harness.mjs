@@ -1,0 +1,46 @@
+// Shared pieces of the end-to-end tests: start the real server on a free
+// loopback port with a temporary SQLite file, and a headless Debian Chromium.
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const root = new URL("../../", import.meta.url).pathname;
+
+/** Starts dovecote-server serving the repo root; resolves with { url, stop }. */
+export async function startServer() {
+  const dir = mkdtempSync(join(tmpdir(), "dovecote-e2e-"));
+  const bin = process.env.DOVECOTE_SERVER_BIN ?? join(root, "target/debug/dovecote-server");
+  const child = spawn(bin, ["--db", join(dir, "db.sqlite3"), "--addr", "127.0.0.1:0", "--static", root], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const url = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("server did not start in 10 s")), 10_000);
+    child.once("exit", (code) => reject(new Error(`server exited with ${code}`)));
+    child.stdout.on("data", (chunk) => {
+      const match = /listening on (http:\/\/\S+)/.exec(chunk.toString());
+      if (match) {
+        clearTimeout(timer);
+        resolve(match[1]);
+      }
+    });
+  });
+  const stop = async () => {
+    child.kill("SIGTERM");
+    await new Promise((resolve) => (child.exitCode !== null ? resolve() : child.once("exit", resolve)));
+    rmSync(dir, { recursive: true, force: true });
+  };
+  return { url, stop };
+}
+
+/** Debian's Chromium, headless, with no network of its own. */
+export function launchBrowser() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+  });
+}
