@@ -4,5 +4,7 @@
 pub mod base64url;
 pub mod envelope;
 pub mod keys;
+pub mod keys;
 pub mod model;
+pub mod outbox;
 pub mod sync;
