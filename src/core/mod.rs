@@ -4,7 +4,6 @@
 pub mod base64url;
 pub mod envelope;
 pub mod keys;
-pub mod keys;
 pub mod model;
 pub mod outbox;
 pub mod sync;
