@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
+use zeroize::Zeroizing;
 
 use crate::core::model::{InvalidInput, MessageId, ThreadId, UserId};
 use crate::engine::{Client, Error, DEFAULT_PAGE};
@@ -25,6 +26,22 @@ export interface OpenOptions {
   userId: string;
   /** A name for this device, shown to the user only. */
   deviceName?: string;
+  /**
+   * Protect the thread keys with a passphrase instead of a device key: the
+   * key-encryption key is derived from it with PBKDF2-SHA256 (600,000
+   * iterations) on every open. Decided when the database is created: a
+   * database made with one needs it (`passphrase_required`, or
+   * `wrong_passphrase`), one made without refuses it (`invalid_input`).
+   * Compared as UTF-8 bytes: normalize (e.g. NFC) before passing it if
+   * users may type it on different keyboards.
+   */
+  passphrase?: string;
+}
+
+/** What `importThreadInvite` resolves to. */
+export interface ImportedInvite {
+  /** The thread the invite is for; it shows in `threads()` once synced. */
+  threadId: string;
 }
 
 /** Options of `createThread`. */
@@ -94,7 +111,8 @@ export type ErrorCode =
   | "storage_unavailable" | "quota_exceeded" | "version_change" | "crypto"
   | "random_unavailable" | "unwrap_failed" | "wrapped_truncated" | "wrapped_version"
   | "invalid_key_id" | "key_id_conflict"
-  | "invite_encoding" | "invite_truncated" | "invite_version" | "invite_malformed";
+  | "invite_encoding" | "invite_truncated" | "invite_version" | "invite_malformed"
+  | "wrong_passphrase" | "passphrase_required";
 
 /** Every error dovecote throws is an `Error` with `name` "DovecoteError" and a `code`. */
 export interface DovecoteError extends Error {
@@ -136,6 +154,7 @@ struct OpenOptions {
     db_name: String,
     user_id: String,
     device_name: Option<String>,
+    passphrase: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -167,10 +186,15 @@ impl ChatClient {
     pub async fn open(
         #[wasm_bindgen(unchecked_param_type = "OpenOptions")] options: JsValue,
     ) -> Result<ChatClient, JsValue> {
-        let options: OpenOptions = from_js(options, "options")?;
+        let mut options: OpenOptions = from_js(options, "options")?;
+        // Wiped when this function returns, however it returns.
+        let passphrase = Zeroizing::new(options.passphrase.take());
         let user = UserId::parse(&options.user_id).map_err(|e| js_error(e.into()))?;
+        if passphrase.as_deref() == Some("") {
+            return Err(js_error(Error::PassphraseRefused("the passphrase is empty")));
+        }
         let store = IdbStore::open(&options.db_name).await.map_err(|e| js_error(e.into()))?;
-        let kek = match WebCryptoKek::load_or_create(&store).await {
+        let kek = match WebCryptoKek::load_or_create(&store, passphrase.as_deref()).await {
             Ok(kek) => kek,
             Err(e) => {
                 store.close();
@@ -253,6 +277,47 @@ impl ChatClient {
                 .await
                 .map_err(js_error)?;
             to_js(&page)
+        })
+    }
+
+    /// Gives the thread a new key: new messages are encrypted with it, older
+    /// ones keep opening with theirs. Sending also rotates on its own long
+    /// before a key is worn out.
+    #[wasm_bindgen(js_name = rotateThreadKey, unchecked_return_type = "Promise<void>")]
+    pub fn rotate_thread_key(&self, #[wasm_bindgen(js_name = threadId)] thread_id: String) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let thread_id = parse_thread_id(&thread_id)?;
+            inner.rotate_thread_key(thread_id).await.map_err(js_error)?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// An invite code for the thread (its id and current key, base64url), to
+    /// put in the fragment of a link: `https://app.example/#k=<code>`.
+    /// Browsers do not send fragments to servers. The code is the thread's
+    /// key: never put it in a query string, a log or analytics.
+    #[wasm_bindgen(js_name = exportThreadInvite, unchecked_return_type = "Promise<string>")]
+    pub fn export_thread_invite(&self, #[wasm_bindgen(js_name = threadId)] thread_id: String) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let thread_id = parse_thread_id(&thread_id)?;
+            let code = inner.export_thread_invite(thread_id).map_err(js_error)?;
+            Ok(JsValue::from_str(&code))
+        })
+    }
+
+    /// Adds the thread key of an invite code (bare, or a fragment `#k=...`)
+    /// to this device. The thread's records open once they arrive by sync.
+    /// Errors: `invite_encoding`, `invite_truncated`, `invite_version`,
+    /// `invite_malformed`, `key_id_conflict`; nothing is written then.
+    #[wasm_bindgen(js_name = importThreadInvite, unchecked_return_type = "Promise<ImportedInvite>")]
+    pub fn import_thread_invite(&self, code: String) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let code = Zeroizing::new(code);
+            let thread_id = inner.import_thread_invite(&code).await.map_err(js_error)?;
+            to_js(&serde_json::json!({ "threadId": thread_id.to_string() }))
         })
     }
 
