@@ -179,9 +179,18 @@ id_type!(
 );
 
 /// Identifies a user; issued by the server's sign-in, opaque to the client.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// Deserializing checks it like [`UserId::parse`], so a malformed id in JSON
+/// or on disk is refused at the edge.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct UserId(pub String);
+
+impl<'de> Deserialize<'de> for UserId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        UserId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
 
 impl UserId {
     /// Largest user id, in bytes.
@@ -417,6 +426,15 @@ mod tests {
         ] {
             assert!(bad.parse::<Id>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn malformed_user_ids_do_not_deserialize() {
+        assert_eq!(serde_json::from_str::<UserId>("\"bob\"").unwrap(), UserId("bob".into()));
+        for bad in ["\"\"", "\"a\\u0000b\"", "12"] {
+            assert!(serde_json::from_str::<UserId>(bad).is_err(), "{bad}");
+        }
+        assert!(serde_json::from_str::<UserId>(&format!("\"{}\"", "x".repeat(129))).is_err());
     }
 
     #[test]
