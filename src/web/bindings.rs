@@ -302,7 +302,8 @@ impl ChatClient {
         let inner = self.inner.clone();
         future_to_promise(async move {
             let thread_id = parse_thread_id(&thread_id)?;
-            let code = inner.export_thread_invite(thread_id).map_err(js_error)?;
+            // The code holds the key: the Rust copy is wiped once JS has its own.
+            let code = Zeroizing::new(inner.export_thread_invite(thread_id).map_err(js_error)?);
             Ok(JsValue::from_str(&code))
         })
     }
