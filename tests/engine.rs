@@ -333,3 +333,29 @@ fn bad_and_conflicting_invites_get_typed_errors_and_write_nothing() {
     let unknown = "01900000-0000-7000-8000-000000000000".parse().unwrap();
     assert_eq!(alice.export_thread_invite(unknown).unwrap_err().code(), "not_found");
 }
+
+#[test]
+fn when_two_stored_keys_claim_to_be_current_the_newest_one_seals() {
+    // Two rotations that raced (in two tabs, say) each leave a current key.
+    let store = MemoryStore::new();
+    let client = open(&store, "alice").unwrap();
+    let thread = block_on(client.create_thread("Raced", &[])).unwrap();
+    let before = block_on(client.send(thread.id, "before")).unwrap();
+    block_on(client.rotate_thread_key(thread.id)).unwrap();
+    drop(client);
+    // The store lists keys by id, so make the newest the one listed first:
+    // "the last one read wins" would then pick the other.
+    let mut keys = stored_keys(&store);
+    keys.sort_by_key(|k| k.key_id.to_string());
+    let (mut newest, mut other) = (keys[0].clone(), keys[1].clone());
+    newest.current = true;
+    other.current = true;
+    newest.created_at = newest.created_at.max(other.created_at) + 1;
+    block_on(store.write(vec![Write::PutKey(newest.clone()), Write::PutKey(other)])).unwrap();
+
+    let client = open_at(&store, "alice", KEK, 1_800_000_000_000);
+    let after = block_on(client.send(thread.id, "after")).unwrap();
+    assert_eq!(stored_key_id(&store, after.id), newest.key_id);
+    let page = block_on(client.messages(thread.id, None, 10)).unwrap();
+    assert!(page.iter().all(|m| m.undecryptable.is_none()));
+}
