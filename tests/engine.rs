@@ -340,7 +340,7 @@ fn when_two_stored_keys_claim_to_be_current_the_newest_one_seals() {
     let store = MemoryStore::new();
     let client = open(&store, "alice").unwrap();
     let thread = block_on(client.create_thread("Raced", &[])).unwrap();
-    let before = block_on(client.send(thread.id, "before")).unwrap();
+    block_on(client.send(thread.id, "before")).unwrap();
     block_on(client.rotate_thread_key(thread.id)).unwrap();
     drop(client);
     // The store lists keys by id, so make the newest the one listed first:
