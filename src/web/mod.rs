@@ -2,6 +2,8 @@
 //! the engine gets its browser implementation here, and [`bindings`] exposes
 //! the `ChatClient` class to JS.
 
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod bindings;
 pub mod idb;
 pub mod kek;
