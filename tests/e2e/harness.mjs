@@ -11,7 +11,8 @@ const root = new URL("../../", import.meta.url).pathname;
 /** Starts dovecote-server serving the repo root; resolves with { url, stop }. */
 export async function startServer() {
   const dir = mkdtempSync(join(tmpdir(), "dovecote-e2e-"));
-  const bin = process.env.DOVECOTE_SERVER_BIN ?? join(root, "target/debug/dovecote-server");
+  const target = process.env.CARGO_TARGET_DIR ?? join(root, "target");
+  const bin = process.env.DOVECOTE_SERVER_BIN ?? join(target, "debug/dovecote-server");
   const child = spawn(bin, ["--db", join(dir, "db.sqlite3"), "--addr", "127.0.0.1:0", "--static", root], {
     stdio: ["ignore", "pipe", "inherit"],
   });
