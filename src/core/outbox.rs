@@ -341,9 +341,9 @@ pub enum Refusal {
     NotFailed,
 }
 
-/// A new outbox row for `body`, due at once. Enqueue it with the local change
-/// in one write; the store assigns its `mutation_id`.
-pub fn enqueue(body: MutationBody, now: Millis) -> Mutation {
+/// A new outbox row for `body`, due at once; the store assigns its
+/// `mutation_id`. Prefer [`enqueue`], which also drops what it supersedes.
+pub fn new_row(body: MutationBody, now: Millis) -> Mutation {
     Mutation {
         mutation_id: 0,
         body,
@@ -352,6 +352,38 @@ pub fn enqueue(body: MutationBody, now: Millis) -> Mutation {
         state: MutationState::Queued,
         created_at: now,
     }
+}
+
+/// Queues a local change (write these decisions with the change itself).
+///
+/// An Edit or Delete of a message supersedes its older Edits that the server
+/// cannot have applied (`Failed`, or never carried by a push): they are
+/// dropped, so that a [`retry`] can never bring an older body back over a
+/// newer one. Older Edits in flight or in doubt stay; they go first, so the
+/// newest still wins. (For a message whose Send is still withdrawable, use
+/// [`edit_queued`] / [`delete_queued`] first.)
+pub fn enqueue(outbox: &[Mutation], body: MutationBody, now: Millis) -> Vec<Decision> {
+    let mut out = Vec::new();
+    if let (MutationBody::Edit { message_id, .. } | MutationBody::Delete { message_id, .. }) = &body {
+        out.extend(
+            message_rows(outbox, *message_id)
+                .into_iter()
+                .filter(|m| matches!(m.body, MutationBody::Edit { .. }) && is_withdrawable(m))
+                .map(|m| Decision::Remove(m.mutation_id)),
+        );
+    }
+    out.push(Decision::Enqueue(new_row(body, now)));
+    out
+}
+
+/// Whether a later Edit or Delete of the same message makes this Edit moot.
+fn superseded(outbox: &[Mutation], row: &Mutation) -> bool {
+    matches!(row.body, MutationBody::Edit { .. })
+        && outbox.iter().any(|m| {
+            m.mutation_id > row.mutation_id
+                && m.body.message_id() == row.body.message_id()
+                && matches!(m.body, MutationBody::Edit { .. } | MutationBody::Delete { .. })
+        })
 }
 
 /// Whether nothing of this row can be on the server, so that it may be
@@ -491,7 +523,8 @@ pub fn retry_now(outbox: &[Mutation], now: Millis, hold_until: Millis) -> Vec<De
 /// The server answered a push of `batch` with 200 and `response`.
 ///
 /// * An ack removes the row (acks for ids outside the batch are ignored).
-/// * A rejection fails the row (the rest of the batch goes on).
+/// * A rejection fails the row (the rest of the batch goes on), or drops it if
+///   it is an Edit that a later Edit or Delete of its message supersedes.
 /// * A row with neither, above `last_mutation_id`, was not processed: it is
 ///   queued again, due now, and the push does not count as one of its
 ///   attempts. If the answer made no progress at all, it waits out a backoff
@@ -528,7 +561,7 @@ pub fn on_push_result(
             }
             out.push(Decision::Applied { body: row.body.clone(), ack: **ack });
         } else if let Some(rejection) = rejections.get(&id) {
-            out.extend(fail(row, &rejection.code, &rejection.message));
+            out.extend(fail(outbox, row, &rejection.code, &rejection.message));
         } else if id > response.last_mutation_id && progress {
             out.extend(requeue_untried(row, now));
         } else {
@@ -571,7 +604,7 @@ pub fn on_transport_failure(
                 let (in_doubt, fresh): (Vec<&Mutation>, Vec<&Mutation>) =
                     rows.iter().partition(|row| row.attempts > 1);
                 for row in fresh {
-                    out.extend(fail(row, &code, &message));
+                    out.extend(fail(outbox, row, &code, &message));
                 }
                 out.extend(back_off(&in_doubt, &code, &message, None, now, random));
             }
@@ -626,7 +659,12 @@ fn back_off(
     out
 }
 
-fn fail(row: &Mutation, code: &str, message: &str) -> Vec<Decision> {
+/// A row fails for good; an Edit that a later Edit or Delete supersedes is
+/// dropped instead (its retry could only bring an older body back).
+fn fail(outbox: &[Mutation], row: &Mutation, code: &str, message: &str) -> Vec<Decision> {
+    if superseded(outbox, row) {
+        return vec![Decision::Remove(row.mutation_id)];
+    }
     let mut out = vec![Decision::Put(Mutation {
         state: MutationState::Failed { code: code.to_owned(), message: message.to_owned() },
         ..row.clone()
@@ -650,18 +688,26 @@ fn message_rows(outbox: &[Mutation], message_id: MessageId) -> Vec<&Mutation> {
 }
 
 /// The Send of a message, if it is still in the outbox and withdrawable
-/// ([`is_withdrawable`]). When this is `Some`, an edit of the message is
-/// sealed as a Send and given to [`edit_queued`], and a delete goes to
-/// [`delete_queued`]; otherwise they queue an Edit or Delete mutation.
+/// ([`is_withdrawable`]) and nothing about the message is in flight. When
+/// this is `Some`, an edit of the message is sealed as a Send and given to
+/// [`edit_queued`], and a delete goes to [`delete_queued`]; otherwise they
+/// queue an Edit or Delete mutation.
+///
+/// An Edit in flight (queued while its Send was in doubt) cannot be dropped,
+/// and its older body would come back on a [`retry`]; so while one flies, a
+/// newer edit is queued behind it instead of rewriting the Send.
 pub fn queued_send(outbox: &[Mutation], message_id: MessageId) -> Option<&Mutation> {
-    message_rows(outbox, message_id)
-        .into_iter()
-        .find(|m| matches!(m.body, MutationBody::Send { .. }) && is_withdrawable(m))
+    let rows = message_rows(outbox, message_id);
+    if rows.iter().any(|m| m.state == MutationState::Sending) {
+        return None;
+    }
+    rows.into_iter().find(|m| matches!(m.body, MutationBody::Send { .. }) && is_withdrawable(m))
 }
 
 /// An edit of a message whose Send is withdrawable: the Send is rewritten in
 /// place with `body` (sealed as a Send, since it is the first body the server
-/// will see), keeping its place in the queue and its state. A `Failed` Send
+/// will see), keeping its place in the queue and its state, and Edits queued
+/// behind it (older bodies) are dropped. A `Failed` Send
 /// stays failed until the user retries it. `None` if the Send is not
 /// withdrawable: queue an Edit instead.
 pub fn edit_queued(outbox: &[Mutation], message_id: MessageId, body: Envelope) -> Option<Vec<Decision>> {
@@ -670,7 +716,18 @@ pub fn edit_queued(outbox: &[Mutation], message_id: MessageId, body: Envelope) -
         unreachable!("queued_send returns Sends")
     };
     let body = MutationBody::Send { thread_id, message_id, body, client_ts };
-    Some(vec![Decision::Put(Mutation { body, ..send.clone() })])
+    let mut out = vec![Decision::Put(Mutation { body, ..send.clone() })];
+    // Edits queued behind the Send while it was in doubt carry older bodies;
+    // the Send now has the newest one. Nothing of them can be applied: their
+    // message is not on the server.
+    out.extend(
+        message_rows(outbox, message_id)
+            .into_iter()
+            .filter(|m| m.mutation_id > send.mutation_id && m.state != MutationState::Sending)
+            .filter(|m| matches!(m.body, MutationBody::Edit { .. }))
+            .map(|m| Decision::Remove(m.mutation_id)),
+    );
+    Some(out)
 }
 
 /// A delete of a message whose Send is withdrawable: the Send is dropped and
@@ -683,17 +740,18 @@ pub fn delete_queued(outbox: &[Mutation], message_id: MessageId) -> Option<Vec<D
 }
 
 /// The user cancels a message that is not sent yet: its Send (and any later
-/// row about it that is not in flight, which could only fail once the Send
-/// is gone) is removed, and the message becomes `cancelled`.
+/// row about it, which could only fail once the Send is gone) is removed, and
+/// the message becomes `cancelled`. Refused while anything about the message
+/// is in flight, or once the Send may have reached the server.
 pub fn cancel(outbox: &[Mutation], message_id: MessageId) -> Result<Vec<Decision>, Refusal> {
-    let send = message_rows(outbox, message_id)
-        .into_iter()
-        .find(|m| matches!(m.body, MutationBody::Send { .. }))
-        .ok_or(Refusal::NotQueued)?;
-    match send.state {
-        MutationState::Sending => Err(Refusal::InFlight),
-        _ if !is_withdrawable(send) => Err(Refusal::MaybeSent),
-        _ => Ok(withdraw(outbox, message_id)),
+    let rows = message_rows(outbox, message_id);
+    let send = rows.iter().find(|m| matches!(m.body, MutationBody::Send { .. })).ok_or(Refusal::NotQueued)?;
+    if rows.iter().any(|m| m.state == MutationState::Sending) {
+        Err(Refusal::InFlight)
+    } else if !is_withdrawable(send) {
+        Err(Refusal::MaybeSent)
+    } else {
+        Ok(withdraw(outbox, message_id))
     }
 }
 
@@ -742,7 +800,7 @@ fn reenqueue(rows: &[&Mutation], now: Millis) -> Vec<Decision> {
     for row in rows {
         out.push(Decision::Enqueue(Mutation {
             created_at: row.created_at,
-            ..enqueue(row.body.clone(), now)
+            ..new_row(row.body.clone(), now)
         }));
         out.extend(status(row, MessageStatus::Pending));
     }
