@@ -941,7 +941,7 @@ impl Sim {
             "seed {seed}: sent twice {:?}",
             self.server.repeated_sends
         );
-        for (&n, _) in &self.written {
+        for &n in self.written.keys() {
             let id = message(n);
             let on_server = self.server.messages.get(&id);
             match self.client.status_of(n) {

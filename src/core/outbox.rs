@@ -15,16 +15,15 @@
 //! # States
 //!
 //! ```text
-//!             enqueue                     on_sent
-//!   (local) ──────────► Queued ───────────────────────► Sending
-//!                        ▲  ▲                            │ │ │
-//!       transient error, │  │ not processed, batch        │ │ │ ack
-//!       due after backoff│  │ too large (split)           │ │ └──────► row removed, message `sent`
-//!                        │  └─────────────────────────────┘ │
-//!                        └──────────────────────────────────┤ rejection / permanent error
-//!                                                           ▼
-//!   retry: row removed, a copy enqueued at the tail ◄──── Failed {code, message}
-//!   cancel / delete of a never-sent Send: row removed, message `cancelled`
+//!   enqueue ─► Queued ──on_sent──► Sending ──ack──► row removed, message `sent`
+//!                ▲ ▲                 │ │
+//!                │ └─────────────────┘ │  transient error: due after a backoff;
+//!                │                     │  not processed, or batch split: due now
+//!                │                     │
+//!                │                     └──rejection / permanent error──► Failed
+//!                └────── retry: a copy under a new id, at the tail ◄──────┘
+//!
+//!   cancel, or delete of a withdrawable Send: rows removed, message `cancelled`
 //! ```
 //!
 //! * **Queued**: waiting for its turn and for `next_attempt_at`. Its message
@@ -32,9 +31,11 @@
 //!   backoff after a transient error).
 //! * **Sending**: carried by the one push request in flight. `attempts` was
 //!   incremented when it left ([`on_sent`]), so `attempts > 0` means "the
-//!   server may have applied it". A row left `Sending` by a tab that died is
-//!   put back to `Queued` by [`recover`]; its retry has the same id, so the
-//!   server answers with the stored result and nothing is applied twice.
+//!   server may have applied it" (a push refused as a whole, or whose answer
+//!   shows it stopped before the row, is uncounted again). A row left
+//!   `Sending` by a tab that died is put back to `Queued` by [`recover`]; its
+//!   retry has the same id, so the server answers with the stored result and
+//!   nothing is applied twice.
 //! * **Acked**: the row is removed and the message gets its `seq` and
 //!   `server_ts` ([`Decision::MessageSent`]).
 //! * **Failed**: refused for good, with the server's code. It stays in the
@@ -98,8 +99,15 @@
 //! is sealed as a Send) instead of queueing a second mutation, and a delete or
 //! [`cancel`] removes it, leaving the message `cancelled` (the engine also marks
 //! it deleted for a delete): it is never sent. A Send in flight, in doubt or
-//! acked is not touched: an edit or delete queues an Edit or Delete mutation,
+//! acked is not touched, nor one while any row about its message is in
+//! flight: an edit or delete queues an Edit or Delete mutation ([`enqueue`]),
 //! which the FIFO order puts after the Send.
+//!
+//! A newer Edit or Delete supersedes older Edits of the same message that
+//! the server cannot have applied: [`enqueue`] drops them, and an Edit that
+//! is refused while a newer one is queued is dropped rather than failed. So a
+//! `Failed` Edit is always its message's newest, and a [`retry`] never puts
+//! an older body back over a newer one.
 //!
 //! # Tabs
 //!
@@ -364,7 +372,7 @@ pub fn new_row(body: MutationBody, now: Millis) -> Mutation {
 /// [`edit_queued`] / [`delete_queued`] first.)
 pub fn enqueue(outbox: &[Mutation], body: MutationBody, now: Millis) -> Vec<Decision> {
     let mut out = Vec::new();
-    if let (MutationBody::Edit { message_id, .. } | MutationBody::Delete { message_id, .. }) = &body {
+    if let MutationBody::Edit { message_id, .. } | MutationBody::Delete { message_id, .. } = &body {
         out.extend(
             message_rows(outbox, *message_id)
                 .into_iter()
