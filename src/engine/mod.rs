@@ -20,9 +20,9 @@ use crate::core::envelope::{Aad, Envelope, SealKind};
 use crate::core::keys::{Invite, KeyError, KeyId, KeyRing, ThreadKey};
 use crate::core::model::{
     display_order, validate_body, validate_title, DeviceId, Id, IdGenerator, InvalidInput, MessageId,
-    MessageRecord, MessageStatus, Millis, Mutation, MutationState, ThreadId, ThreadRecord, UserId,
-    MAX_MEMBERS,
+    MessageRecord, MessageStatus, Millis, ThreadId, ThreadRecord, UserId, MAX_MEMBERS,
 };
+use crate::core::outbox;
 use crate::core::sync::MutationBody;
 use crate::ports::{Clock, KeyWrapper, Store, WrappedKey, Write};
 
@@ -210,7 +210,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             created_by: self.device.user_id.clone(),
             created_at: now,
         };
-        let mutation = self.mutation(
+        let mutation = outbox::new_row(
             MutationBody::CreateThread {
                 thread_id,
                 title: sealed,
@@ -275,7 +275,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         self.notify(thread_id, vec![view.clone()]);
 
         let mutation =
-            self.mutation(MutationBody::Send { thread_id, message_id: id, body, client_ts: now }, now);
+            outbox::new_row(MutationBody::Send { thread_id, message_id: id, body, client_ts: now }, now);
         let mut writes = vec![Write::PutMessage(record), Write::Enqueue(mutation)];
         writes.extend(self.key_count_update(thread_id));
         if let Err(e) = self.store.write(writes).await {
@@ -470,17 +470,6 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         let change = ThreadChange { thread_id, messages };
         for callback in callbacks {
             callback(&change);
-        }
-    }
-
-    fn mutation(&self, body: MutationBody, now: Millis) -> Mutation {
-        Mutation {
-            mutation_id: 0,
-            body,
-            attempts: 0,
-            next_attempt_at: now,
-            state: MutationState::Queued,
-            created_at: now,
         }
     }
 
