@@ -190,15 +190,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
 
         let now = self.clock.now();
         let thread_id = ThreadId(self.new_id());
-        let key = ThreadKey::generate()?;
-        let key_record = WrappedKey {
-            key_id: key.id(),
-            thread_id,
-            wrapped: self.wrapper.wrap(thread_id, &key).await?,
-            current: true,
-            encryptions: 0,
-            created_at: now,
-        };
+        let (key, key_record) = self.new_current_key(thread_id).await?;
         let title_aad = title_aad(thread_id, &self.device.user_id);
         let mut ring = KeyRing::default();
         ring.insert(thread_id, key.clone(), 0, true)?;
@@ -230,6 +222,20 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         self.keys.borrow_mut().insert(thread_id, key, 1, true)?;
         self.key_records.borrow_mut().insert(key_record.key_id, key_record);
         Ok(self.thread_view(&record))
+    }
+
+    /// A fresh key for `thread_id` and its wrapped record, marked current.
+    async fn new_current_key(&self, thread_id: ThreadId) -> Result<(ThreadKey, WrappedKey)> {
+        let key = ThreadKey::generate()?;
+        let record = WrappedKey {
+            key_id: key.id(),
+            thread_id,
+            wrapped: self.wrapper.wrap(thread_id, &key).await?,
+            current: true,
+            encryptions: 0,
+            created_at: self.clock.now(),
+        };
+        Ok((key, record))
     }
 
     /// Every thread on this device.
@@ -301,15 +307,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         if self.keys.borrow().current_key_id(thread_id).is_none() {
             return Err(Error::NotFound { what: "thread", id: thread_id.to_string() });
         }
-        let key = ThreadKey::generate()?;
-        let new_record = WrappedKey {
-            key_id: key.id(),
-            thread_id,
-            wrapped: self.wrapper.wrap(thread_id, &key).await?,
-            current: true,
-            encryptions: 0,
-            created_at: self.clock.now(),
-        };
+        let (key, new_record) = self.new_current_key(thread_id).await?;
         // Read the current key after the wrap's await: a send may have
         // counted a seal meanwhile, and a concurrent rotation may have won.
         let old_record = {
