@@ -6,6 +6,8 @@
 
 use crate::core::keys::{KeyId, ThreadKey};
 use crate::core::model::{MessageId, MessageRecord, Millis, Mutation, ThreadId, ThreadRecord};
+use crate::core::outbox::TransportFailure;
+use crate::core::sync::{InviteResponse, PullRequest, PullResponse, PushRequest, PushResponse};
 
 /// Why the store failed. Nothing of a failed `write` is kept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,6 +30,10 @@ pub enum StoreError {
         /// What was wrong with it.
         reason: String,
     },
+    /// A [`Write::Expect`] did not hold: another tab or task changed the
+    /// outbox since it was read. Read again and retry.
+    #[error("the outbox changed meanwhile")]
+    Conflict,
     /// Any other storage failure.
     #[error("storage failed: {0}")]
     Other(String),
@@ -67,6 +73,11 @@ pub enum Write {
     PutMutation(Mutation),
     /// Remove an outbox row.
     RemoveMutation(u64),
+    /// Fail the whole write with [`StoreError::Conflict`] unless the outbox
+    /// row with this `mutation_id` is stored and equal to this one: a
+    /// compare-and-set, so that a decision computed from a snapshot of the
+    /// outbox is never applied over a change made meanwhile by another tab.
+    Expect(Mutation),
     /// Insert or replace a wrapped thread key.
     PutKey(WrappedKey),
     /// Set a metadata value.
@@ -126,4 +137,17 @@ pub trait KeyWrapper {
         key_id: KeyId,
         wrapped: &[u8],
     ) -> Result<ThreadKey, crate::core::keys::KeyError>;
+}
+
+/// The network side of sync: the server's push, pull and invites
+/// (docs/protocol.md). Implementations own the session token; a failure
+/// carries what [`classify`](crate::core::outbox::classify) needs.
+pub trait Transport {
+    /// `POST /v1/push`.
+    async fn push(&self, request: &PushRequest) -> Result<PushResponse, TransportFailure>;
+    /// `GET /v1/pull`.
+    async fn pull(&self, request: &PullRequest) -> Result<PullResponse, TransportFailure>;
+    /// `POST /v1/threads/{id}/invites`: a server invite token for a thread
+    /// the user belongs to.
+    async fn create_invite(&self, thread: ThreadId) -> Result<InviteResponse, TransportFailure>;
 }

@@ -207,6 +207,18 @@ impl Change {
     }
 }
 
+/// What to pull: `GET /v1/pull?cursor=C&limit=N[&thread=ID]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullRequest {
+    /// Changes after this seq.
+    pub cursor: u64,
+    /// At most this many (the server lowers it to 1000).
+    pub limit: u32,
+    /// Only this thread's changes, for the catch-up after joining; its
+    /// cursor is separate from the main one.
+    pub thread: Option<ThreadId>,
+}
+
 /// `GET /v1/pull?cursor=C&limit=N[&thread=ID]` response body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PullResponse {

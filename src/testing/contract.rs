@@ -21,13 +21,15 @@ macro_rules! store_contract_tests {
         $crate::store_contract_tests!(@each native, $make,
             threads_round_trip, message_upsert_replaces, pages_are_newest_first_and_complete,
             pages_stop_at_thread_boundaries, mutation_ids_increase_across_removals,
-            outbox_rows_update_and_remove, write_is_all_or_nothing_in_effect, meta_round_trip);
+            outbox_rows_update_and_remove, write_is_all_or_nothing_in_effect, meta_round_trip,
+            expect_is_compare_and_set);
     };
     (wasm, $make:expr) => {
         $crate::store_contract_tests!(@each wasm, $make,
             threads_round_trip, message_upsert_replaces, pages_are_newest_first_and_complete,
             pages_stop_at_thread_boundaries, mutation_ids_increase_across_removals,
-            outbox_rows_update_and_remove, write_is_all_or_nothing_in_effect, meta_round_trip);
+            outbox_rows_update_and_remove, write_is_all_or_nothing_in_effect, meta_round_trip,
+            expect_is_compare_and_set);
     };
     (@each native, $make:expr, $($name:ident),*) => {$(
         #[test]
@@ -239,4 +241,38 @@ pub async fn meta_round_trip<S: Store>(store: &S) {
     store.write(vec![Write::PutMeta { key: "cursor".into(), value: "12".into() }]).await.unwrap();
     store.write(vec![Write::PutMeta { key: "cursor".into(), value: "13".into() }]).await.unwrap();
     assert_eq!(store.meta("cursor").await.unwrap().as_deref(), Some("13"));
+}
+
+/// `Write::Expect` is a compare-and-set: the whole write lands only while
+/// the expected rows are stored exactly as given; otherwise `Conflict` and
+/// nothing changes.
+pub async fn expect_is_compare_and_set<S: Store>(store: &S) {
+    use crate::ports::StoreError;
+    let t = thread(1);
+    let m = message(t.id, 1, None);
+    let ids = store.write(vec![Write::Enqueue(send_mutation(&m))]).await.unwrap();
+    let row = store.outbox().await.unwrap().remove(0);
+    assert_eq!(row.mutation_id, ids[0]);
+
+    let sending = Mutation { state: MutationState::Sending, attempts: 1, ..row.clone() };
+    store.write(vec![Write::Expect(row.clone()), Write::PutMutation(sending.clone())]).await.unwrap();
+    assert_eq!(store.outbox().await.unwrap(), vec![sending.clone()]);
+
+    // The same decision again, from the stale snapshot: refused, no trace.
+    let stale = vec![
+        Write::Expect(row.clone()),
+        Write::PutMessage(m.clone()),
+        Write::RemoveMutation(row.mutation_id),
+        Write::Enqueue(send_mutation(&m)),
+    ];
+    assert_eq!(store.write(stale).await, Err(StoreError::Conflict));
+    assert_eq!(store.outbox().await.unwrap(), vec![sending.clone()]);
+    assert_eq!(store.message(m.id).await.unwrap(), None);
+
+    // A removed row cannot be expected either.
+    store.write(vec![Write::RemoveMutation(row.mutation_id)]).await.unwrap();
+    assert_eq!(store.write(vec![Write::Expect(sending)]).await, Err(StoreError::Conflict));
+    // The refused Enqueue above did not use up an id in a way that breaks order.
+    let next = store.write(vec![Write::Enqueue(send_mutation(&m))]).await.unwrap();
+    assert!(next[0] > ids[0]);
 }

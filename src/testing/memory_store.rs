@@ -68,6 +68,11 @@ impl Store for MemoryStore {
                 Write::RemoveMutation(id) => {
                     next.outbox.remove(&id);
                 }
+                Write::Expect(m) => {
+                    if next.outbox.get(&m.mutation_id) != Some(&m) {
+                        return Err(StoreError::Conflict);
+                    }
+                }
                 Write::PutKey(k) => {
                     next.keys.insert(k.key_id.to_string(), k);
                 }

@@ -258,8 +258,13 @@ impl Store for IdbStore {
         }
         // Everything is converted before the transaction opens.
         let mut ops = Vec::with_capacity(writes.len());
+        let mut expected = Vec::new();
         for write in &writes {
             ops.push(match write {
+                Write::Expect(m) => {
+                    expected.push(m);
+                    continue;
+                }
                 Write::PutThread(t) => Op::Put(THREADS, to_js(t)?),
                 Write::PutMessage(m) => Op::Put(MESSAGES, to_js(m)?),
                 Write::Enqueue(m) => {
@@ -285,6 +290,7 @@ impl Store for IdbStore {
                 Op::Put(s, _) | Op::Delete(s, _) => *s,
                 Op::Add(_) => OUTBOX,
             })
+            .chain(expected.first().map(|_| OUTBOX))
             .collect();
         names.sort_unstable();
         names.dedup();
@@ -293,6 +299,27 @@ impl Store for IdbStore {
         }
 
         let tx = self.transaction(&names, TransactionMode::ReadWrite)?;
+        // Compare-and-set: read the expected rows first, in this transaction,
+        // and write nothing unless each is as the caller saw it.
+        for want in expected {
+            let key = JsValue::from_f64(want.mutation_id as f64);
+            let read = match tx.object_store(OUTBOX).and_then(|s| s.get(key)) {
+                Ok(request) => request.await,
+                Err(e) => Err(e),
+            };
+            let found = match read {
+                Ok(found) => found,
+                Err(e) => {
+                    let _ = tx.abort();
+                    return Err(classify(&e));
+                }
+            };
+            let same = found.map(|v| from_js::<Mutation>(OUTBOX, v)).transpose().ok().flatten();
+            if same.as_ref() != Some(want) {
+                let _ = tx.abort();
+                return Err(StoreError::Conflict);
+            }
+        }
         let mut adds = Vec::new();
         for op in ops {
             let issued = match op {
