@@ -4,8 +4,10 @@
 //! suite that every [`Store`](crate::ports::Store) must pass.
 
 pub mod contract;
+mod fake_server;
 mod memory_store;
 
+pub use fake_server::{FakeServer, FakeTransport, Faults, ServerLimits, ServerStats, SimRng, TransportStats};
 pub use memory_store::MemoryStore;
 
 use std::cell::Cell;
