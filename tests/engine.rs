@@ -242,7 +242,7 @@ fn an_invite_carries_the_thread_key_from_one_device_to_another() {
     assert_eq!(block_on(bob.threads()).unwrap()[0].undecryptable, Some("key_missing"));
     assert_eq!(block_on(bob.send(thread.id, "x")).unwrap_err().code(), "not_found");
 
-    let code = alice.export_thread_invite(thread.id).unwrap();
+    let code = alice.export_thread_invite(thread.id, None).unwrap();
     assert!(code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "base64url");
     assert_eq!(block_on(bob.import_thread_invite(&format!("#k={code}"))).unwrap(), thread.id);
     let page = block_on(bob.messages(thread.id, None, 10)).unwrap();
@@ -275,12 +275,12 @@ fn an_invite_exports_the_current_key_and_cannot_switch_a_known_threads_sealing_k
     let alice = open_at(&a_store, "alice", [1; 32], 1_000);
     let bob = open_at(&b_store, "bob", [2; 32], 2_000);
     let thread = block_on(alice.create_thread("Shared", &["bob".into()])).unwrap();
-    let first = alice.export_thread_invite(thread.id).unwrap();
+    let first = alice.export_thread_invite(thread.id, None).unwrap();
     block_on(bob.import_thread_invite(&first)).unwrap();
 
     block_on(alice.rotate_thread_key(thread.id)).unwrap();
     let after = block_on(alice.send(thread.id, "after rotation")).unwrap();
-    let second = alice.export_thread_invite(thread.id).unwrap();
+    let second = alice.export_thread_invite(thread.id, None).unwrap();
     assert_eq!(Invite::decode(&second).unwrap().key.id(), stored_key_id(&a_store, after.id));
 
     block_on(bob.import_thread_invite(&second)).unwrap();
@@ -303,7 +303,7 @@ fn bad_and_conflicting_invites_get_typed_errors_and_write_nothing() {
     let bob = open_at(&b_store, "bob", [2; 32], 2_000);
     let thread = block_on(alice.create_thread("Shared", &[])).unwrap();
     let other = block_on(bob.create_thread("Bob's own", &[])).unwrap();
-    let code = alice.export_thread_invite(thread.id).unwrap();
+    let code = alice.export_thread_invite(thread.id, None).unwrap();
     block_on(bob.import_thread_invite(&code)).unwrap();
     let keys_before = stored_keys(&b_store);
 
@@ -331,7 +331,7 @@ fn bad_and_conflicting_invites_get_typed_errors_and_write_nothing() {
     assert_eq!(block_on(bob.messages(other.id, None, 1)).unwrap()[0].body.as_deref(), Some("still mine"));
 
     let unknown = "01900000-0000-7000-8000-000000000000".parse().unwrap();
-    assert_eq!(alice.export_thread_invite(unknown).unwrap_err().code(), "not_found");
+    assert_eq!(alice.export_thread_invite(unknown, None).unwrap_err().code(), "not_found");
 }
 
 #[test]

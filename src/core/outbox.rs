@@ -583,6 +583,15 @@ pub fn on_push_result(
     out
 }
 
+/// The server refused the push of `batch` before looking at it because the
+/// session is not (or no longer) valid (401): nothing was applied, so the
+/// rows go back to `Queued`, uncounted and due now. The engine pauses pushing
+/// until it has a new token; failing the rows would lose messages to an
+/// expired session.
+pub fn on_unauthorized(outbox: &[Mutation], batch: &[u64], now: Millis) -> Vec<Decision> {
+    batch.iter().filter_map(|&id| row(outbox, id)).flat_map(|row| requeue_untried(row, now)).collect()
+}
+
 /// A push of `batch` failed without a usable answer; see [`classify`] and
 /// "Errors" in the module docs. `random` picks the jitter.
 pub fn on_transport_failure(

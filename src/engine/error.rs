@@ -2,6 +2,7 @@
 
 use crate::core::keys::KeyError;
 use crate::core::model::InvalidInput;
+use crate::core::outbox::Refusal;
 use crate::ports::StoreError;
 
 /// Everything that can go wrong in a client call. Each variant has a stable
@@ -47,6 +48,15 @@ pub enum Error {
     /// The database is protected by a passphrase and none was given.
     #[error("this database is protected by a passphrase; open it with one")]
     PassphraseRequired,
+    /// The message is another user's: only its sender may change it.
+    #[error("only the sender may change this message")]
+    NotSender,
+    /// The message was deleted or cancelled; it cannot be changed.
+    #[error("the message was deleted")]
+    Deleted,
+    /// The outbox refused a retry or cancel (see the code).
+    #[error(transparent)]
+    Refused(Refusal),
     /// A passphrase option that cannot be used: empty, or given for a
     /// database that was created without one. Nothing was written.
     #[error("{0}")]
@@ -70,6 +80,14 @@ impl Error {
             Error::WrongPassphrase => "wrong_passphrase",
             Error::PassphraseRequired => "passphrase_required",
             Error::PassphraseRefused(_) => "invalid_input",
+            Error::NotSender => "not_sender",
+            Error::Deleted => "deleted",
+            Error::Refused(refusal) => match refusal {
+                Refusal::NotQueued => "not_queued",
+                Refusal::InFlight => "in_flight",
+                Refusal::MaybeSent => "maybe_sent",
+                Refusal::NotFailed => "not_failed",
+            },
         }
     }
 }

@@ -5,10 +5,13 @@
 //! anything but the store (IndexedDB transactions auto-commit when idle).
 
 mod error;
+mod mutations;
+mod sync;
 mod views;
 
 pub use error::{Error, Result};
-pub use views::{Message, Thread, ThreadChange};
+pub use sync::RoundReport;
+pub use views::{ClientEvent, Message, OutboxEntry, SyncState, Thread, ThreadChange};
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -48,6 +51,7 @@ pub const MAX_PAGE: u32 = 1000;
 pub struct SubscriptionId(u64);
 
 type Callback = Rc<dyn Fn(&ThreadChange)>;
+type EventCallback = Rc<dyn Fn(&ClientEvent)>;
 
 /// An open chat client over a store, a clock and a key wrapper.
 pub struct Client<S: Store, C: Clock, W: KeyWrapper> {
@@ -60,8 +64,16 @@ pub struct Client<S: Store, C: Clock, W: KeyWrapper> {
     /// Stored key records, to persist encryption counts and rotations.
     key_records: RefCell<HashMap<KeyId, WrappedKey>>,
     subscribers: RefCell<Vec<(SubscriptionId, ThreadId, Callback)>>,
+    listeners: RefCell<Vec<(SubscriptionId, EventCallback)>>,
     next_subscription: Cell<u64>,
     closed: Cell<bool>,
+    /// Serializes this client's read-decide-write steps on the outbox and
+    /// messages (user actions and sync), so that none works from a stale
+    /// read. Other tabs are kept out by `Write::Expect`.
+    write_lock: tokio::sync::Mutex<()>,
+    /// One sync round at a time.
+    round_lock: tokio::sync::Mutex<()>,
+    sync: RefCell<sync::SyncMemory>,
 }
 
 /// Fresh random bytes from the platform (crypto.getRandomValues in browsers).
@@ -142,8 +154,12 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             keys: RefCell::new(ring),
             key_records: RefCell::new(key_records),
             subscribers: RefCell::default(),
+            listeners: RefCell::default(),
             next_subscription: Cell::new(0),
             closed: Cell::new(false),
+            write_lock: tokio::sync::Mutex::new(()),
+            round_lock: tokio::sync::Mutex::new(()),
+            sync: RefCell::default(),
         })
     }
 
@@ -337,14 +353,18 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
     /// put in the fragment of a link (`#k=<code>`), which browsers do not
     /// send to servers. The code *is* the key: never log it or send it to
     /// a server.
-    pub fn export_thread_invite(&self, thread_id: ThreadId) -> Result<String> {
+    ///
+    /// `server_invite` is the server's invite token for the thread
+    /// ([`Transport::create_invite`](crate::ports::Transport::create_invite)),
+    /// which lets the invitee join it there; without one the code only
+    /// carries the key (for a member added by other means).
+    pub fn export_thread_invite(&self, thread_id: ThreadId, server_invite: Option<String>) -> Result<String> {
         self.check_open()?;
         let keys = self.keys.borrow();
         let key = keys
             .current_key(thread_id)
             .ok_or_else(|| Error::NotFound { what: "thread", id: thread_id.to_string() })?;
-        // The sync issue adds the server's invite token here.
-        Ok(Invite { thread_id, key: key.clone(), server_invite: None }.encode())
+        Ok(Invite { thread_id, key: key.clone(), server_invite }.encode())
     }
 
     /// Adds the thread key carried by an invite code (bare, or as a link
@@ -394,7 +414,14 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             }
             return Ok(thread_id);
         }
-        self.store.write(vec![Write::PutKey(record.clone())]).await?;
+        let mut writes = vec![Write::PutKey(record.clone())];
+        // With the server's invite token, joining goes through the outbox:
+        // it survives reloads and offline time like any other change.
+        if let Some(invite) = invite.server_invite.clone() {
+            let join = MutationBody::Join { thread_id, invite };
+            writes.push(Write::Enqueue(outbox::new_row(join, self.clock.now())));
+        }
+        self.store.write(writes).await?;
         let current = current && self.keys.borrow().current_key_id(thread_id).is_none();
         self.keys.borrow_mut().insert(thread_id, invite.key, 0, current)?;
         self.key_records.borrow_mut().insert(key_id, record);
@@ -439,9 +466,19 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         id
     }
 
-    /// Ends a subscription; ending one twice is harmless.
+    /// Calls `callback` on every client-wide event (sync state, message
+    /// status, thread list, conflicts), until [`unsubscribe`](Self::unsubscribe).
+    pub fn on_event(&self, callback: impl Fn(&ClientEvent) + 'static) -> SubscriptionId {
+        let id = SubscriptionId(self.next_subscription.get());
+        self.next_subscription.set(id.0 + 1);
+        self.listeners.borrow_mut().push((id, Rc::new(callback)));
+        id
+    }
+
+    /// Ends a subscription or event listener; ending one twice is harmless.
     pub fn unsubscribe(&self, id: SubscriptionId) {
         self.subscribers.borrow_mut().retain(|(s, _, _)| *s != id);
+        self.listeners.borrow_mut().retain(|(s, _)| *s != id);
     }
 
     /// Closes the client: later calls fail with [`Error::Closed`] and
@@ -449,6 +486,22 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
     pub fn close(&self) {
         self.closed.set(true);
         self.subscribers.borrow_mut().clear();
+        self.listeners.borrow_mut().clear();
+    }
+
+    /// Tells every event listener.
+    pub fn emit(&self, event: &ClientEvent) {
+        let listeners: Vec<EventCallback> =
+            self.listeners.borrow().iter().map(|(_, cb)| cb.clone()).collect();
+        for listener in listeners {
+            listener(event);
+        }
+    }
+
+    /// Whether anyone listens to this thread's changes (views are built
+    /// only for them).
+    fn has_subscribers(&self, thread_id: ThreadId) -> bool {
+        self.subscribers.borrow().iter().any(|(_, t, _)| *t == thread_id)
     }
 
     /// Whether [`close`](Self::close) was called.

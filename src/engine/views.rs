@@ -60,3 +60,90 @@ pub struct ThreadChange {
     /// The messages as they are now.
     pub messages: Vec<Message>,
 }
+
+/// Where background sync stands, as a UI shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncState {
+    /// Connected to the server (its event socket is open), nothing running.
+    Online,
+    /// The server cannot be reached; the outbox waits and retries.
+    Offline,
+    /// A round (push, then pull) is running.
+    Syncing,
+    /// The last round finished: everything that could go is sent and
+    /// everything new is pulled.
+    Idle,
+    /// The server refused to sync (e.g. `unauthorized`); see the event's error.
+    Error,
+}
+
+/// A machine-readable reason with a human-readable text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorInfo {
+    /// Stable code, e.g. `unauthorized`, `network`.
+    pub code: String,
+    /// What happened.
+    pub message: String,
+}
+
+/// A client-wide event, for UIs that show sync state and message status.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case", rename_all_fields = "camelCase")]
+pub enum ClientEvent {
+    /// Sync moved to `state`; `error` says why for `offline` and `error`.
+    Sync {
+        /// The new state.
+        state: SyncState,
+        /// Why, when something failed.
+        error: Option<ErrorInfo>,
+    },
+    /// A message's status changed (sending, sent, failed, cancelled, ...).
+    Status {
+        /// The message as it is now.
+        message: Message,
+    },
+    /// Threads were added or changed (created, joined, members changed).
+    Threads,
+    /// A local change lost to a remote one: a pending edit of a message that
+    /// was deleted meanwhile (`deleted_remotely`). The message shows deleted.
+    Conflict {
+        /// The thread.
+        thread_id: ThreadId,
+        /// The message.
+        message_id: MessageId,
+        /// Why.
+        code: &'static str,
+    },
+    /// Another tab upgraded the database: this one must reload.
+    VersionChange,
+    /// This tab became, or stopped being, the one that talks to the server.
+    Leader {
+        /// Whether it leads now.
+        leader: bool,
+    },
+}
+
+/// An outbox row as a UI shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxEntry {
+    /// Its id: increasing in the order changes were made.
+    pub mutation_id: u64,
+    /// `create_thread`, `send`, `edit`, `delete` or `join`.
+    pub kind: &'static str,
+    /// The thread it changes.
+    pub thread_id: ThreadId,
+    /// The message it changes, if any.
+    pub message_id: Option<MessageId>,
+    /// `queued`, `sending` or `failed`.
+    pub state: &'static str,
+    /// How many pushes carried it.
+    pub attempts: u32,
+    /// Not sent before this time.
+    pub next_attempt_at: Millis,
+    /// Why it failed (or last failed, while it waits to retry).
+    pub error: Option<ErrorInfo>,
+    /// When it was made.
+    pub created_at: Millis,
+}

@@ -303,7 +303,7 @@ impl ChatClient {
         future_to_promise(async move {
             let thread_id = parse_thread_id(&thread_id)?;
             // The code holds the key: the Rust copy is wiped once JS has its own.
-            let code = Zeroizing::new(inner.export_thread_invite(thread_id).map_err(js_error)?);
+            let code = Zeroizing::new(inner.export_thread_invite(thread_id, None).map_err(js_error)?);
             Ok(JsValue::from_str(&code))
         })
     }

@@ -1,0 +1,465 @@
+//! Background sync (DESIGN.md §5, docs/protocol.md): one **round** pushes
+//! the due outbox in batches, one push in flight, then pulls from the stored
+//! cursor until the server has no more, applying each page and its cursor in
+//! one store write. The caller decides when rounds run (the browser driver
+//! in `web::sync` on a local write, a poke, `online`, visibility, a timer,
+//! `syncNow()`); only the sync leader among a user's tabs runs them.
+//!
+//! Acks turn `pending` messages into `sent` ones with the server's `seq`,
+//! same id, same record: a message never appears twice. Pulled changes go
+//! through `core::conflict`. A thread seen for the first time (joined by
+//! invite) gets a catch-up pull of its own history (`thread=ID`, its own
+//! cursor), kept in the store so a reload resumes it.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::core::conflict::{merge_message, merge_thread};
+use crate::core::model::{Millis, MutationState, ThreadId};
+use crate::core::outbox::{self, classify, BatchLimit, ErrorClass, TransportFailure};
+use crate::core::sync::{
+    Change, MutationBody, PullRequest, PullResponse, PushMutation, PushRequest, PROTOCOL_VERSION,
+};
+use crate::ports::{Clock, KeyWrapper, Store, StoreError, Transport, Write};
+
+use super::views::ErrorInfo;
+use super::{random, Client, ClientEvent, Error, Result, SyncState};
+
+/// The metadata key of the main pull cursor.
+const META_CURSOR: &str = "cursor";
+/// The metadata key of the catch-up pulls still to do: thread → cursor.
+const META_CATCHUP: &str = "catchup";
+/// Changes asked for per pull.
+const PULL_LIMIT: u32 = 500;
+
+/// What the engine keeps in memory between rounds.
+#[derive(Debug)]
+pub(crate) struct SyncMemory {
+    /// The server asked not to be called before this time (`Retry-After`).
+    pub hold_until: Millis,
+    /// A smaller batch after a request was refused as too large.
+    pub max_batch: Option<usize>,
+    /// Rows left `sending` by an earlier run were put back (once per client).
+    pub recovered: bool,
+    pub state: SyncState,
+    pub error: Option<ErrorInfo>,
+}
+
+impl Default for SyncMemory {
+    fn default() -> Self {
+        SyncMemory { hold_until: 0, max_batch: None, recovered: false, state: SyncState::Idle, error: None }
+    }
+}
+
+/// What a round did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// Push requests made.
+    pub pushes: usize,
+    /// Mutations carried by them.
+    pub pushed: usize,
+    /// Changes pulled and applied.
+    pub pulled: usize,
+    /// When the outbox next has something due (run a round then); `None`
+    /// when nothing waits but a trigger.
+    pub next_wake: Option<Millis>,
+    /// Why the round stopped early (network, server, session), if it did.
+    pub failure: Option<ErrorInfo>,
+}
+
+enum Pushed {
+    Nothing,
+    Batch,
+    Stopped(ErrorInfo),
+}
+
+fn failure_info(failure: &TransportFailure) -> ErrorInfo {
+    match classify(failure) {
+        ErrorClass::Transient { code, message, .. } | ErrorClass::Permanent { code, message } => {
+            ErrorInfo { code, message }
+        }
+    }
+}
+
+fn is_unauthorized(failure: &TransportFailure) -> bool {
+    matches!(failure, TransportFailure::Status { status: 401, .. })
+}
+
+impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
+    /// Where sync stands.
+    pub fn sync_state(&self) -> SyncState {
+        self.sync.borrow().state
+    }
+
+    /// Moves sync to `state`, telling listeners when it changes.
+    pub fn set_sync_state(&self, state: SyncState, error: Option<ErrorInfo>) {
+        {
+            let mut sync = self.sync.borrow_mut();
+            if sync.state == state && sync.error == error {
+                return;
+            }
+            sync.state = state;
+            sync.error = error.clone();
+        }
+        self.emit(&ClientEvent::Sync { state, error });
+    }
+
+    /// A trigger that means "the network may be back" (online, the tab
+    /// became visible, a poke, `syncNow()`): rows waiting out a backoff are
+    /// due at once, though never before a server's `Retry-After`.
+    pub async fn wake_outbox(&self) -> Result<()> {
+        self.check_open()?;
+        let now = self.clock.now();
+        let hold_until = self.sync.borrow().hold_until;
+        let applied = self
+            .step(async |rows| {
+                let decisions = outbox::retry_now(&rows, now, hold_until);
+                self.apply_decisions(&rows, decisions, Vec::new(), Vec::new()).await
+            })
+            .await?;
+        self.announce(&applied);
+        Ok(())
+    }
+
+    /// Runs one sync round over `transport`; see the module docs. Rounds of
+    /// one client never overlap. Errors are the local store's; the
+    /// network's are in the report (and in the sync state).
+    pub async fn sync_round<T: Transport>(&self, transport: &T) -> Result<RoundReport> {
+        self.check_open()?;
+        let _round = self.round_lock.lock().await;
+        self.set_sync_state(SyncState::Syncing, None);
+        let result = self.round(transport).await;
+        match &result {
+            Ok(report) => match &report.failure {
+                None => self.set_sync_state(SyncState::Idle, None),
+                Some(e) if matches!(e.code.as_str(), "network" | "timeout") => {
+                    self.set_sync_state(SyncState::Offline, Some(e.clone()))
+                }
+                Some(e) => self.set_sync_state(SyncState::Error, Some(e.clone())),
+            },
+            Err(e) => self.set_sync_state(
+                SyncState::Error,
+                Some(ErrorInfo { code: e.code().into(), message: e.to_string() }),
+            ),
+        }
+        result
+    }
+
+    async fn round<T: Transport>(&self, transport: &T) -> Result<RoundReport> {
+        let mut report = RoundReport::default();
+        if !self.sync.borrow().recovered {
+            let now = self.clock.now();
+            let applied = self
+                .step(async |rows| {
+                    let decisions = outbox::recover(&rows, now);
+                    self.apply_decisions(&rows, decisions, Vec::new(), Vec::new()).await
+                })
+                .await?;
+            self.announce(&applied);
+            self.sync.borrow_mut().recovered = true;
+        }
+        loop {
+            match self.push_once(transport, &mut report).await? {
+                Pushed::Nothing => break,
+                Pushed::Batch => {}
+                Pushed::Stopped(why) => {
+                    report.failure = Some(why);
+                    break;
+                }
+            }
+        }
+        if report.failure.is_none() {
+            report.failure = self.pull_all(transport, &mut report).await?;
+        }
+        let rows = self.store.outbox().await?;
+        let hold_until = self.sync.borrow().hold_until;
+        report.next_wake = outbox::next_wake(&rows).map(|at| at.max(hold_until));
+        Ok(report)
+    }
+
+    /// Pushes the next due batch, if any, and applies the answer.
+    async fn push_once<T: Transport>(&self, transport: &T, report: &mut RoundReport) -> Result<Pushed> {
+        let now = self.clock.now();
+        let (hold_until, max_batch) = {
+            let sync = self.sync.borrow();
+            (sync.hold_until, sync.max_batch)
+        };
+        if now < hold_until {
+            return Ok(Pushed::Nothing);
+        }
+        let limit = BatchLimit {
+            mutations: max_batch
+                .unwrap_or(BatchLimit::DEFAULT.mutations)
+                .clamp(1, BatchLimit::DEFAULT.mutations),
+            ..BatchLimit::DEFAULT
+        };
+        let prepared = self
+            .step(async |rows| {
+                let batch = outbox::next_batch(&rows, now, limit);
+                if batch.is_empty() {
+                    return Ok(None);
+                }
+                let mutations: Vec<PushMutation> = batch
+                    .iter()
+                    .filter_map(|id| rows.iter().find(|m| m.mutation_id == *id))
+                    .map(|m| PushMutation { mutation_id: m.mutation_id, body: m.body.clone() })
+                    .collect();
+                // The rows are `sending` (and counted) before the request
+                // leaves: if this tab dies now, the next leader asks again
+                // under the same ids.
+                let decisions = outbox::on_sent(&rows, &batch);
+                let applied = self.apply_decisions(&rows, decisions, Vec::new(), Vec::new()).await?;
+                Ok(Some((batch, mutations, applied)))
+            })
+            .await?;
+        let Some((batch, mutations, applied)) = prepared else { return Ok(Pushed::Nothing) };
+        self.announce(&applied);
+
+        let request = PushRequest { protocol: PROTOCOL_VERSION, device_id: self.device_id(), mutations };
+        let result = transport.push(&request).await;
+        report.pushes += 1;
+        report.pushed += batch.len();
+
+        let now = self.clock.now();
+        let jitter = u64::from_le_bytes(random());
+        let applied = self
+            .step(async |rows| {
+                let decisions = match &result {
+                    Ok(response) => outbox::on_push_result(&rows, &batch, response, now, jitter),
+                    Err(failure) if is_unauthorized(failure) => outbox::on_unauthorized(&rows, &batch, now),
+                    Err(failure) => outbox::on_transport_failure(&rows, &batch, failure, now, jitter),
+                };
+                self.apply_decisions(&rows, decisions, Vec::new(), Vec::new()).await
+            })
+            .await?;
+        self.announce(&applied);
+        match result {
+            Ok(_) => {
+                self.sync.borrow_mut().max_batch = None;
+                Ok(Pushed::Batch)
+            }
+            Err(failure) => match classify(&failure) {
+                _ if is_unauthorized(&failure) => Ok(Pushed::Stopped(failure_info(&failure))),
+                // The rows wait out their backoff; the round ends here.
+                ErrorClass::Transient { .. } => Ok(Pushed::Stopped(failure_info(&failure))),
+                // One mutation failed for good, or the batch is split: go on.
+                ErrorClass::Permanent { .. } => Ok(Pushed::Batch),
+            },
+        }
+    }
+
+    /// Pulls the main feed, then the catch-up feeds of newly joined threads,
+    /// until the server has no more. Returns why it stopped early, if it did.
+    async fn pull_all<T: Transport>(
+        &self,
+        transport: &T,
+        report: &mut RoundReport,
+    ) -> Result<Option<ErrorInfo>> {
+        loop {
+            let cursor = self.cursor().await?;
+            let request = PullRequest { cursor, limit: PULL_LIMIT, thread: None };
+            let response = match transport.pull(&request).await {
+                Ok(response) => response,
+                Err(failure) => return Ok(Some(failure_info(&failure))),
+            };
+            if let Err(why) = check_page(&request, &response) {
+                return Ok(Some(ErrorInfo { code: "protocol".into(), message: why }));
+            }
+            report.pulled += response.changes.len();
+            self.apply_page(&response, None).await?;
+            if !response.has_more {
+                break;
+            }
+        }
+        let catchup = self.catchup().await?;
+        for (thread, mut cursor) in catchup {
+            loop {
+                let request = PullRequest { cursor, limit: PULL_LIMIT, thread: Some(thread) };
+                let response = match transport.pull(&request).await {
+                    Ok(response) => response,
+                    // Not (or no longer) a member: nothing to catch up on.
+                    Err(TransportFailure::Status { status: 404, .. }) => {
+                        self.apply_page(&PullResponse::empty(cursor), Some(thread)).await?;
+                        break;
+                    }
+                    Err(failure) => return Ok(Some(failure_info(&failure))),
+                };
+                if let Err(why) = check_page(&request, &response) {
+                    return Ok(Some(ErrorInfo { code: "protocol".into(), message: why }));
+                }
+                report.pulled += response.changes.len();
+                self.apply_page(&response, Some(thread)).await?;
+                if !response.has_more {
+                    break;
+                }
+                cursor = response.cursor;
+            }
+        }
+        Ok(None)
+    }
+
+    async fn cursor(&self) -> Result<u64> {
+        match self.store.meta(META_CURSOR).await? {
+            None => Ok(0),
+            Some(text) => text.parse().map_err(|_| corrupt("cursor", &text)),
+        }
+    }
+
+    async fn catchup(&self) -> Result<BTreeMap<ThreadId, u64>> {
+        match self.store.meta(META_CATCHUP).await? {
+            None => Ok(BTreeMap::new()),
+            Some(text) => serde_json::from_str(&text).map_err(|_| corrupt("catchup", &text)),
+        }
+    }
+
+    /// Applies a page of pulled changes and moves its cursor, in one store
+    /// write: a reload never skips or half-applies a page. For a catch-up
+    /// page, `thread` names the catch-up whose cursor moves (and which ends
+    /// when the page is the last).
+    pub async fn apply_page(&self, page: &PullResponse, thread: Option<ThreadId>) -> Result<()> {
+        self.check_open()?;
+        let me = self.device.user_id.clone();
+        let mut conflicts = Vec::new();
+        let mut status_changed = Vec::new();
+        let mut threads_changed = false;
+        let mut applied = self
+            .step(async |rows| {
+                conflicts.clear();
+                status_changed.clear();
+                threads_changed = false;
+                // Messages with a local change still to go, and own sends
+                // still in the outbox (their ack may have been lost).
+                let mut changing = HashSet::new();
+                let mut sending = HashSet::new();
+                for row in &rows {
+                    match (&row.body, &row.state) {
+                        (_, MutationState::Failed { .. }) => {}
+                        (
+                            MutationBody::Edit { message_id, .. } | MutationBody::Delete { message_id, .. },
+                            _,
+                        ) => {
+                            changing.insert(*message_id);
+                        }
+                        (MutationBody::Send { message_id, .. }, _) => {
+                            sending.insert(*message_id);
+                        }
+                        _ => {}
+                    }
+                }
+                let mut catchup = self.catchup().await?;
+                let known: HashSet<ThreadId> =
+                    if page.changes.iter().any(|c| matches!(c, Change::Thread { .. })) {
+                        self.store.threads().await?.into_iter().map(|t| t.id).collect()
+                    } else {
+                        HashSet::new()
+                    };
+                let mut writes = Vec::new();
+                let mut records = Vec::new();
+                let mut decisions = Vec::new();
+                for change in &page.changes {
+                    match change {
+                        Change::Thread { thread: remote, .. } => {
+                            if thread.is_none() && !known.contains(&remote.id) {
+                                // New to this device: its history is below our cursor.
+                                catchup.entry(remote.id).or_insert(0);
+                            }
+                            writes.push(Write::PutThread(merge_thread(remote)));
+                            threads_changed = true;
+                        }
+                        Change::Message { message: remote, .. } => {
+                            let pending = changing.contains(&remote.id);
+                            let local = if pending || sending.contains(&remote.id) {
+                                self.store.message(remote.id).await?
+                            } else {
+                                None
+                            };
+                            let merge = merge_message(local.as_ref(), remote, pending);
+                            if merge.superseded_local_change {
+                                conflicts.push((remote.thread_id, remote.id));
+                                // Moot edits go (delete wins either way); one in
+                                // flight is answered `edit_deleted` and dropped then.
+                                decisions.extend(
+                                    rows.iter()
+                                        .filter(|m| {
+                                            m.body.message_id() == Some(remote.id)
+                                                && matches!(m.body, MutationBody::Edit { .. })
+                                                && m.state != MutationState::Sending
+                                        })
+                                        .map(|m| outbox::Decision::Remove(m.mutation_id)),
+                                );
+                            }
+                            if local.as_ref().is_some_and(|l| l.status != merge.record.status)
+                                && remote.sender == me
+                            {
+                                status_changed.push(remote.id);
+                            }
+                            if merge.changed {
+                                records.push(merge.record);
+                            }
+                        }
+                    }
+                }
+                match thread {
+                    None => writes
+                        .push(Write::PutMeta { key: META_CURSOR.into(), value: page.cursor.to_string() }),
+                    Some(thread) if page.has_more => {
+                        catchup.insert(thread, page.cursor);
+                    }
+                    Some(thread) => {
+                        catchup.remove(&thread);
+                    }
+                }
+                let value = serde_json::to_string(&catchup).expect("catch-up map serializes");
+                writes.push(Write::PutMeta { key: META_CATCHUP.into(), value });
+                self.apply_decisions(&rows, decisions, records, writes).await
+            })
+            .await?;
+        applied.status_changed.extend(status_changed);
+        self.announce(&applied);
+        for (thread_id, message_id) in conflicts {
+            self.emit(&ClientEvent::Conflict { thread_id, message_id, code: "deleted_remotely" });
+        }
+        if threads_changed {
+            self.emit(&ClientEvent::Threads);
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a page that would make the cursor go back or loop, or whose
+/// changes are outside (cursor, page cursor]: a broken or hostile server
+/// must not make the client skip or re-apply history forever.
+fn check_page(request: &PullRequest, page: &PullResponse) -> std::result::Result<(), String> {
+    if page.protocol != PROTOCOL_VERSION {
+        return Err(format!("protocol version {} instead of {PROTOCOL_VERSION}", page.protocol));
+    }
+    if page.cursor < request.cursor || (page.has_more && page.cursor == request.cursor) {
+        return Err(format!("the pull cursor went from {} to {}", request.cursor, page.cursor));
+    }
+    let mut last = request.cursor;
+    for change in &page.changes {
+        if change.seq() <= last || change.seq() > page.cursor {
+            return Err(format!("change seq {} out of order", change.seq()));
+        }
+        last = change.seq();
+    }
+    if let Some(thread) = request.thread {
+        if page.changes.iter().any(|c| match c {
+            Change::Thread { thread: t, .. } => t.id != thread,
+            Change::Message { message, .. } => message.thread_id != thread,
+        }) {
+            return Err("a thread pull returned another thread's changes".into());
+        }
+    }
+    Ok(())
+}
+
+fn corrupt(what: &str, text: &str) -> Error {
+    Error::Store(StoreError::Corrupt { store: "meta", reason: format!("{what}: {text:?}") })
+}
+
+impl PullResponse {
+    /// A page with nothing in it, at `cursor`.
+    fn empty(cursor: u64) -> Self {
+        PullResponse { protocol: PROTOCOL_VERSION, changes: Vec::new(), cursor, has_more: false }
+    }
+}
