@@ -7,6 +7,7 @@ pub mod bench;
 pub mod bindings;
 pub mod idb;
 pub mod kek;
+pub mod tabs;
 
 use crate::core::model::Millis;
 use crate::ports::Clock;
