@@ -11,6 +11,7 @@ mod views;
 
 pub use error::{Error, Result};
 pub use sync::RoundReport;
+pub use views::ErrorInfo;
 pub use views::{ClientEvent, Message, OutboxEntry, SyncState, Thread, ThreadChange};
 
 use std::cell::{Cell, RefCell};
@@ -52,6 +53,24 @@ pub struct SubscriptionId(u64);
 
 type Callback = Rc<dyn Fn(&ThreadChange)>;
 type EventCallback = Rc<dyn Fn(&ClientEvent)>;
+type ChangeSink = Rc<dyn Fn(&LocalChanges)>;
+
+/// What one step of this client changed in the store, for other tabs on
+/// the same database: they re-read these and tell their own subscribers
+/// ([`Client::refresh`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalChanges {
+    /// Messages written.
+    pub messages: Vec<MessageId>,
+    /// Messages whose status changed.
+    pub statuses: Vec<MessageId>,
+    /// Threads were written.
+    pub threads: bool,
+    /// Thread keys were added or rotated.
+    pub keys: bool,
+    /// The outbox got something new to push.
+    pub outbox: bool,
+}
 
 /// An open chat client over a store, a clock and a key wrapper.
 pub struct Client<S: Store, C: Clock, W: KeyWrapper> {
@@ -65,6 +84,7 @@ pub struct Client<S: Store, C: Clock, W: KeyWrapper> {
     key_records: RefCell<HashMap<KeyId, WrappedKey>>,
     subscribers: RefCell<Vec<(SubscriptionId, ThreadId, Callback)>>,
     listeners: RefCell<Vec<(SubscriptionId, EventCallback)>>,
+    change_sink: RefCell<Option<ChangeSink>>,
     next_subscription: Cell<u64>,
     closed: Cell<bool>,
     /// Serializes this client's read-decide-write steps on the outbox and
@@ -122,16 +142,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         };
 
         let records = store.keys().await?;
-        // One current key per thread: the newest record that says so. Two
-        // can say so if two rotations of a thread raced (each demotes the key
-        // it saw as current); either key works for everyone, so picking one
-        // deterministically is enough.
-        let mut current: HashMap<ThreadId, (Millis, KeyId)> = HashMap::new();
-        for record in records.iter().filter(|r| r.current) {
-            let candidate = (record.created_at, record.key_id);
-            let entry = current.entry(record.thread_id).or_insert(candidate);
-            *entry = (*entry).max(candidate);
-        }
+        let current = current_keys(&records);
         let mut ring = KeyRing::default();
         let mut key_records = HashMap::new();
         for record in records {
@@ -139,7 +150,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             // show as undecryptable (key_missing) instead of failing the open.
             // A key id clash means a forged or broken record: it stays out too.
             if let Ok(key) = wrapper.unwrap(record.thread_id, record.key_id, &record.wrapped).await {
-                let is_current = current.get(&record.thread_id).map(|c| c.1) == Some(record.key_id);
+                let is_current = current.get(&record.thread_id) == Some(&record.key_id);
                 let _ = ring.insert(record.thread_id, key, record.encryptions + COUNT_STEP, is_current);
             }
             key_records.insert(record.key_id, record);
@@ -155,6 +166,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             key_records: RefCell::new(key_records),
             subscribers: RefCell::default(),
             listeners: RefCell::default(),
+            change_sink: RefCell::default(),
             next_subscription: Cell::new(0),
             closed: Cell::new(false),
             write_lock: tokio::sync::Mutex::new(()),
@@ -237,6 +249,8 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         // Only a stored key joins the ring: a failed write leaves no trace.
         self.keys.borrow_mut().insert(thread_id, key, 1, true)?;
         self.key_records.borrow_mut().insert(key_record.key_id, key_record);
+        self.changed(LocalChanges { threads: true, keys: true, outbox: true, ..LocalChanges::default() });
+        self.emit(&ClientEvent::Threads);
         Ok(self.thread_view(&record))
     }
 
@@ -310,6 +324,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             self.notify(thread_id, vec![view]);
             return Err(error);
         }
+        self.changed(LocalChanges { messages: vec![id], outbox: true, ..LocalChanges::default() });
         Ok(view)
     }
 
@@ -346,6 +361,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             records.insert(old.key_id, old);
         }
         records.insert(new_record.key_id, new_record);
+        self.changed(LocalChanges { keys: true, ..LocalChanges::default() });
         Ok(())
     }
 
@@ -425,6 +441,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         let current = current && self.keys.borrow().current_key_id(thread_id).is_none();
         self.keys.borrow_mut().insert(thread_id, invite.key, 0, current)?;
         self.key_records.borrow_mut().insert(key_id, record);
+        self.changed(LocalChanges { keys: true, outbox: true, ..LocalChanges::default() });
         Ok(thread_id)
     }
 
@@ -496,6 +513,69 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         for listener in listeners {
             listener(event);
         }
+    }
+
+    /// Calls `sink` with what each step of this client wrote (for telling
+    /// other tabs); one sink, replacing any earlier one.
+    pub fn set_change_sink(&self, sink: impl Fn(&LocalChanges) + 'static) {
+        *self.change_sink.borrow_mut() = Some(Rc::new(sink));
+    }
+
+    fn changed(&self, changes: LocalChanges) {
+        let sink = self.change_sink.borrow().clone();
+        if let Some(sink) = sink {
+            sink(&changes);
+        }
+    }
+
+    /// Another tab wrote `changes` to the shared store: re-read them and
+    /// tell this client's subscribers and listeners, as if made here.
+    pub async fn refresh(&self, changes: &LocalChanges) -> Result<()> {
+        self.check_open()?;
+        if changes.keys {
+            self.reload_keys().await?;
+        }
+        let mut ids = changes.messages.clone();
+        ids.extend(changes.statuses.iter().copied());
+        ids.sort_unstable();
+        ids.dedup();
+        let mut applied = mutations::Applied::default();
+        for id in ids {
+            if let Some(record) = self.store.message(id).await? {
+                applied.messages.push(record);
+            }
+        }
+        applied.status_changed = changes.statuses.clone();
+        self.announce_here(&applied);
+        if changes.threads {
+            self.emit(&ClientEvent::Threads);
+        }
+        Ok(())
+    }
+
+    /// Adds keys another tab stored (a thread it created or joined, a
+    /// rotation) to this client's ring.
+    pub async fn reload_keys(&self) -> Result<()> {
+        let records = self.store.keys().await?;
+        let current = current_keys(&records);
+        for record in records {
+            let is_current = current.get(&record.thread_id) == Some(&record.key_id);
+            let held = self.keys.borrow().key(record.key_id).map(|(_, key)| key.clone());
+            let key = match held {
+                Some(key) => key,
+                None => match self.wrapper.unwrap(record.thread_id, record.key_id, &record.wrapped).await {
+                    Ok(key) => key,
+                    Err(_) => continue,
+                },
+            };
+            let counted = record.encryptions + COUNT_STEP;
+            let _ = self.keys.borrow_mut().insert(record.thread_id, key, counted, is_current);
+            let mut records = self.key_records.borrow_mut();
+            let encryptions =
+                records.get(&record.key_id).map_or(0, |r| r.encryptions).max(record.encryptions);
+            records.insert(record.key_id, WrappedKey { encryptions, ..record });
+        }
+        Ok(())
     }
 
     /// Whether anyone listens to this thread's changes (views are built
@@ -600,6 +680,20 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             Err(e) => (None, Some(e.code())),
         }
     }
+}
+
+/// One current key per thread: the newest record that says so. Two can say
+/// so if two rotations of a thread raced (each demotes the key it saw as
+/// current); either key works for everyone, so picking one deterministically
+/// is enough.
+fn current_keys(records: &[WrappedKey]) -> HashMap<ThreadId, KeyId> {
+    let mut current: HashMap<ThreadId, (Millis, KeyId)> = HashMap::new();
+    for record in records.iter().filter(|r| r.current) {
+        let candidate = (record.created_at, record.key_id);
+        let entry = current.entry(record.thread_id).or_insert(candidate);
+        *entry = (*entry).max(candidate);
+    }
+    current.into_iter().map(|(thread, (_, key))| (thread, key)).collect()
 }
 
 /// Whether two keys have the same bytes, in time that does not depend on

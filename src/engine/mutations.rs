@@ -146,8 +146,22 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         Ok(touched.get_mut(&id))
     }
 
-    /// Tells subscribers and listeners what a write changed.
+    /// Tells subscribers and listeners what a write changed, here and (by
+    /// the change sink) in other tabs.
     pub(super) fn announce(&self, applied: &Applied) {
+        if !applied.messages.is_empty() {
+            self.changed(super::LocalChanges {
+                messages: applied.messages.iter().map(|r| r.id).collect(),
+                statuses: applied.status_changed.clone(),
+                outbox: true,
+                ..Default::default()
+            });
+        }
+        self.announce_here(applied);
+    }
+
+    /// Tells this client's subscribers and listeners what a write changed.
+    pub(super) fn announce_here(&self, applied: &Applied) {
         let mut by_thread: BTreeMap<_, Vec<Message>> = BTreeMap::new();
         for record in &applied.messages {
             let status_changed = applied.status_changed.contains(&record.id);

@@ -103,6 +103,13 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         self.emit(&ClientEvent::Sync { state, error });
     }
 
+    /// This client just became the one that syncs (the tab won the leader
+    /// lock): its next round first puts back rows a previous leader left
+    /// `sending` when it died.
+    pub fn became_leader(&self) {
+        self.sync.borrow_mut().recovered = false;
+    }
+
     /// A trigger that means "the network may be back" (online, the tab
     /// became visible, a poke, `syncNow()`): rows waiting out a backoff are
     /// due at once, though never before a server's `Retry-After`.
@@ -419,6 +426,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             self.emit(&ClientEvent::Conflict { thread_id, message_id, code: "deleted_remotely" });
         }
         if threads_changed {
+            self.changed(super::LocalChanges { threads: true, ..Default::default() });
             self.emit(&ClientEvent::Threads);
         }
         Ok(())
