@@ -6,7 +6,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { extname, join, normalize } from "node:path";
@@ -37,6 +37,7 @@ let browser;
 const npm = (args, cwd) => execFileSync("npm", args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
 
 before(async () => {
+  if (!existsSync(join(root, "pkg/package.json"))) throw new Error("pkg/package.json is missing: run scripts/build first");
   work = mkdtempSync(join(tmpdir(), "dovecote-consumer-"));
   [packed] = JSON.parse(npm(["pack", join(root, "pkg"), "--pack-destination", work, "--json"], root));
   tarball = join(work, packed.filename);
