@@ -5,9 +5,12 @@
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod bindings;
+pub mod http;
 pub mod idb;
 pub mod kek;
 pub mod tabs;
+pub mod timers;
+pub mod ws;
 
 use crate::core::model::Millis;
 use crate::ports::Clock;
