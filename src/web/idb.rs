@@ -9,9 +9,22 @@
 //! A [`Store::write`] is one readwrite transaction: every record is converted
 //! to JS before it opens, every request is issued at once, and nothing but
 //! IndexedDB is awaited until it completes.
+//!
+//! Other tabs and the browser can take the connection away:
+//! - A newer build in another tab upgrades the schema: this connection
+//!   closes at once so that the upgrade is not blocked, every later call
+//!   fails with [`StoreError::VersionChange`], and the callbacks given to
+//!   [`IdbStore::on_version_change`] run (the UI says "reload to update").
+//! - The browser closes or loses the connection (Safari: "Connection to
+//!   Indexed Database server lost"; Chrome: "The database connection is
+//!   closing"): the store opens a new connection and tries once more. A
+//!   read is retried whole. A write is retried only when its transaction
+//!   could not even be created, so that it certainly never ran: after that
+//!   point a failure may have followed a commit, and a second run could
+//!   enqueue twice, so it is reported instead.
 
-use std::cell::Cell;
-use std::future::Future as _;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::rc::Rc;
 use std::task::Poll;
 
@@ -84,9 +97,44 @@ fn upgrade(db: &Database, tx: &idb::Transaction, old: u32, new: u32) -> Result<(
 
 /// A [`Store`] on one IndexedDB database.
 pub struct IdbStore {
+    name: String,
+    /// The version this store opened, and reopens, the database at.
+    version: u32,
+    connection: RefCell<Connection>,
+    tabs: Rc<TabState>,
+    /// Set by [`IdbStore::close`]: no reopening after that.
+    closed: Cell<bool>,
+}
+
+/// One open connection; replaced when the browser loses it.
+struct Connection {
     db: Database,
-    /// Set when another tab upgraded the schema and this connection closed.
-    superseded: Rc<Cell<bool>>,
+    /// Which connection of this store it is (0, 1, ... as they are reopened).
+    generation: u64,
+    /// Set when the browser closed it (a `close` event).
+    lost: Rc<Cell<bool>>,
+}
+
+/// What other tabs did to this database, shared with the connection's
+/// event handlers.
+#[derive(Default)]
+struct TabState {
+    /// Another tab upgraded (or deleted) the database; this store is done.
+    superseded: Cell<bool>,
+    on_version_change: RefCell<Vec<Rc<dyn Fn()>>>,
+}
+
+impl TabState {
+    fn supersede(&self) {
+        if self.superseded.replace(true) {
+            return;
+        }
+        // Cloned out, so a callback may register another or use the store.
+        let callbacks = self.on_version_change.borrow().clone();
+        for callback in callbacks {
+            callback();
+        }
+    }
 }
 
 impl IdbStore {
@@ -101,129 +149,168 @@ impl IdbStore {
         if name.is_empty() || name.len() > 256 {
             return Err(StoreError::Open("database names are 1 to 256 characters".into()));
         }
-        let factory = Factory::new().map_err(|e| StoreError::Open(describe(&e)))?;
-        let mut request = factory.open(name, Some(version)).map_err(|e| StoreError::Open(describe(&e)))?;
-
-        let upgrade_error: Rc<Cell<Option<String>>> = Rc::default();
-        let upgrade_error_in = upgrade_error.clone();
-        request.on_upgrade_needed(move |event| {
-            let result = (|| {
-                let old = event.old_version()?;
-                let new = event.new_version()?.unwrap_or(version);
-                let db = event.database()?;
-                let tx = event.target()?.transaction().ok_or(idb::Error::EventTargetNotFound)?;
-                upgrade(&db, &tx, old, new).inspect_err(|_| {
-                    // Abort, so the version stays where it was and no half-made schema remains.
-                    let _ = tx.abort();
-                })
-            })();
-            if let Err(e) = result {
-                upgrade_error_in.set(Some(format!("the database could not be upgraded: {}", describe(&e))));
-            }
-        });
-        // Another tab holds an older version open and does not let go.
-        let (blocked_tx, mut blocked_rx) = tokio::sync::oneshot::channel::<()>();
-        let mut blocked_tx = Some(blocked_tx);
-        request.on_blocked(move |_| {
-            if let Some(tx) = blocked_tx.take() {
-                let _ = tx.send(());
-            }
-        });
-
-        let mut opening = Box::pin(std::future::IntoFuture::into_future(request));
-        let opened = std::future::poll_fn(|cx| {
-            if let Poll::Ready(result) = opening.as_mut().poll(cx) {
-                return Poll::Ready(Some(result));
-            }
-            match std::pin::Pin::new(&mut blocked_rx).poll(cx) {
-                Poll::Ready(Ok(())) => Poll::Ready(None),
-                _ => Poll::Pending,
-            }
+        let tabs = Rc::new(TabState::default());
+        let connection = connect(name, version, &tabs, 0).await?;
+        Ok(IdbStore {
+            name: name.to_owned(),
+            version,
+            connection: RefCell::new(connection),
+            tabs,
+            closed: Cell::new(false),
         })
-        .await;
-        let mut db = match opened {
-            Some(Ok(db)) => db,
-            Some(Err(e)) => {
-                let reason = upgrade_error.take().unwrap_or_else(|| describe(&e));
-                return Err(StoreError::Open(reason));
-            }
-            None => {
-                // The request stays queued in the browser; keep its handlers
-                // alive so that, once the other tab lets go, the upgrade runs
-                // properly and the connection it opens is closed again.
-                wasm_bindgen_futures::spawn_local(async move {
-                    if let Ok(db) = opening.await {
-                        db.close();
-                    }
-                });
-                return Err(StoreError::Open(
-                    "the database upgrade is blocked by another open tab of this app; close it and retry"
-                        .into(),
-                ));
-            }
-        };
-        let superseded = Rc::new(Cell::new(false));
-        let superseded_in = superseded.clone();
-        // A newer tab wants to upgrade: let go at once instead of blocking it.
-        db.on_version_change(move |event| {
-            superseded_in.set(true);
-            if let Ok(db) = event.database() {
-                db.close();
-            }
-        });
-        Ok(IdbStore { db, superseded })
     }
 
-    /// Closes the connection (after running transactions finish).
+    /// Closes the connection (after running transactions finish). Later
+    /// calls fail; the store does not reopen.
     pub fn close(&self) {
-        self.db.close();
+        self.closed.set(true);
+        self.connection.borrow().db.close();
     }
 
     /// The schema version of the open database.
     pub fn version(&self) -> u32 {
-        self.db.version().unwrap_or(0)
+        self.connection.borrow().db.version().unwrap_or(0)
     }
 
     /// Whether another tab's upgrade closed this connection.
     pub fn superseded(&self) -> bool {
-        self.superseded.get()
+        self.tabs.superseded.get()
     }
 
-    fn transaction(&self, stores: &[&str], mode: TransactionMode) -> StoreResult<idb::Transaction> {
-        if self.superseded.get() {
+    /// Calls `callback` once when another tab upgrades or deletes the
+    /// database and this store closes for it; at once if that happened
+    /// already. Tell the user to reload: this page's code is older than the
+    /// database now.
+    pub fn on_version_change(&self, callback: impl Fn() + 'static) {
+        if self.tabs.superseded.get() {
+            callback();
+        } else {
+            self.tabs.on_version_change.borrow_mut().push(Rc::new(callback));
+        }
+    }
+
+    /// Closes the connection behind the store's back, as the browser does
+    /// when it loses it; the next call reopens.
+    #[doc(hidden)]
+    pub fn close_connection_for_test(&self) {
+        self.connection.borrow().db.close();
+    }
+
+    /// How many times the connection was reopened.
+    #[doc(hidden)]
+    pub fn reopened_for_test(&self) -> u64 {
+        self.connection.borrow().generation
+    }
+
+    /// A new transaction; if the connection turns out closed or lost (and
+    /// not by an upgrade), reopens it and tries once more. Nothing ran in a
+    /// transaction that could not be created, so this retry is always safe.
+    async fn transaction(&self, stores: &[&str], mode: TransactionMode) -> StoreResult<idb::Transaction> {
+        let (generation, attempt) = self.try_transaction(stores, mode)?;
+        match attempt {
+            Ok(tx) => Ok(tx),
+            Err(e) if connection_gone(&e) => {
+                self.reopen(generation).await?;
+                match self.try_transaction(stores, mode)?.1 {
+                    Ok(tx) => Ok(tx),
+                    Err(e) => Err(classify(&e)),
+                }
+            }
+            Err(e) => Err(classify(&e)),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn try_transaction(
+        &self,
+        stores: &[&str],
+        mode: TransactionMode,
+    ) -> StoreResult<(u64, Result<idb::Transaction, idb::Error>)> {
+        if self.tabs.superseded.get() {
             return Err(StoreError::VersionChange);
         }
-        self.db.transaction(stores, mode).map_err(|e| classify(&e))
+        if self.closed.get() {
+            return Err(StoreError::Other("the database connection was closed".into()));
+        }
+        let connection = self.connection.borrow();
+        let attempt = if connection.lost.get() {
+            Err(idb::Error::TransactionOpenFailed(lost_error()))
+        } else {
+            connection.db.transaction(stores, mode)
+        };
+        Ok((connection.generation, attempt))
+    }
+
+    /// Replaces the connection `failed` with a new one, unless another call
+    /// did that meanwhile.
+    async fn reopen(&self, failed: u64) -> StoreResult<()> {
+        if self.connection.borrow().generation != failed {
+            return Ok(());
+        }
+        let fresh = match connect(&self.name, self.version, &self.tabs, failed + 1).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                // Upgraded by another tab while we were not connected to hear of it.
+                if matches!(&e, StoreError::Open(text) if text.contains("VersionError")) {
+                    self.tabs.supersede();
+                    return Err(StoreError::VersionChange);
+                }
+                return Err(e);
+            }
+        };
+        if self.connection.borrow().generation != failed || self.closed.get() || self.tabs.superseded.get() {
+            fresh.db.close();
+            return Ok(());
+        }
+        let old = self.connection.replace(fresh);
+        old.db.close();
+        Ok(())
+    }
+
+    /// Runs the read `op` in a new readonly transaction on `stores`; if it
+    /// fails as a lost connection does, reopens and runs it once more.
+    async fn read<T, F, Fut>(&self, stores: &[&str], op: F) -> StoreResult<T>
+    where
+        F: Fn(idb::Transaction) -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let mut retried = false;
+        loop {
+            let tx = self.transaction(stores, TransactionMode::ReadOnly).await?;
+            match op(tx).await {
+                Ok(value) => return Ok(value),
+                Err(Failure::Idb(e)) if !retried && connection_gone(&e) => {
+                    retried = true;
+                    // The next transaction reopens (unless superseded meanwhile).
+                    self.connection.borrow().lost.set(true);
+                }
+                Err(failure) => return Err(failure.into()),
+            }
+        }
     }
 
     async fn get<T: DeserializeOwned>(&self, store: &'static str, key: JsValue) -> StoreResult<Option<T>> {
-        let tx = self.transaction(&[store], TransactionMode::ReadOnly)?;
-        let value =
-            tx.object_store(store).map_err(|e| classify(&e))?.get(key).map_err(|e| classify(&e))?.await;
-        match value.map_err(|e| classify(&e))? {
-            Some(v) => from_js(store, v).map(Some),
-            None => Ok(None),
-        }
+        let value = self
+            .read(&[store], |tx| {
+                let key = key.clone();
+                async move { Ok(tx.object_store(store)?.get(key)?.await?) }
+            })
+            .await?;
+        value.map(|v| from_js(store, v)).transpose()
     }
 
     async fn get_all<T: DeserializeOwned>(&self, store: &'static str) -> StoreResult<Vec<T>> {
-        let tx = self.transaction(&[store], TransactionMode::ReadOnly)?;
-        let values = tx
-            .object_store(store)
-            .map_err(|e| classify(&e))?
-            .get_all(None, None)
-            .map_err(|e| classify(&e))?
-            .await
-            .map_err(|e| classify(&e))?;
+        let values = self
+            .read(&[store], |tx| async move { Ok(tx.object_store(store)?.get_all(None, None)?.await?) })
+            .await?;
         values.into_iter().map(|v| from_js(store, v)).collect()
     }
 
     /// Reads a raw JS value from `meta` (e.g. a non-extractable CryptoKey).
     pub async fn raw_meta(&self, key: &str) -> StoreResult<Option<JsValue>> {
-        let tx = self.transaction(&[META], TransactionMode::ReadOnly)?;
-        let store = tx.object_store(META).map_err(|e| classify(&e))?;
-        let record =
-            store.get(JsValue::from_str(key)).map_err(|e| classify(&e))?.await.map_err(|e| classify(&e))?;
+        let record = self
+            .read(&[META], |tx| async move { Ok(tx.object_store(META)?.get(JsValue::from_str(key))?.await?) })
+            .await?;
         Ok(record.map(|r| js_sys::Reflect::get(&r, &"value".into()).unwrap_or(JsValue::UNDEFINED)))
     }
 
@@ -235,7 +322,7 @@ impl IdbStore {
         set("key", &key.into())
             .and_then(|_| set("value", value))
             .map_err(|e| StoreError::Other(format!("{e:?}")))?;
-        let tx = self.transaction(&[META], TransactionMode::ReadWrite)?;
+        let tx = self.transaction(&[META], TransactionMode::ReadWrite).await?;
         let store = tx.object_store(META).map_err(|e| classify(&e))?;
         // `add` fails if the key exists; that failure is the race being lost.
         let added = store.add(&record, None).map_err(|e| classify(&e))?.await;
@@ -298,7 +385,9 @@ impl Store for IdbStore {
             return Ok(Vec::new());
         }
 
-        let tx = self.transaction(&names, TransactionMode::ReadWrite)?;
+        // The one point where a write may be retried on a new connection:
+        // a transaction that could not be created never ran.
+        let tx = self.transaction(&names, TransactionMode::ReadWrite).await?;
         // Compare-and-set: read the expected rows first, in this transaction,
         // and write nothing unless each is as the caller saw it.
         for want in expected {
@@ -384,27 +473,27 @@ impl Store for IdbStore {
             // An array sorts above every number: this bound is past the newest.
             None => (js_sys::Array::of2(&thread, &js_sys::Array::new()), false),
         };
-        let range =
-            KeyRange::bound(&lower, &upper, Some(false), Some(upper_open)).map_err(|e| classify(&e))?;
-        let tx = self.transaction(&[MESSAGES], TransactionMode::ReadOnly)?;
-        let index =
-            tx.object_store(MESSAGES).and_then(|s| s.index(BY_THREAD_ORDER)).map_err(|e| classify(&e))?;
-        let cursor = index
-            .open_cursor(Some(Query::KeyRange(range)), Some(CursorDirection::Prev))
-            .map_err(|e| classify(&e))?
-            .await
-            .map_err(|e| classify(&e))?;
-        let mut page = Vec::new();
-        let Some(cursor) = cursor else { return Ok(page) };
-        let mut cursor = cursor.into_managed();
-        while let Some(value) = cursor.value().map_err(|e| classify(&e))? {
-            page.push(from_js(MESSAGES, value)?);
-            if page.len() as u32 >= limit {
-                break;
+        self.read(&[MESSAGES], |tx| {
+            let (lower, upper) = (lower.clone(), upper.clone());
+            async move {
+                let range = KeyRange::bound(&lower, &upper, Some(false), Some(upper_open))?;
+                let index = tx.object_store(MESSAGES)?.index(BY_THREAD_ORDER)?;
+                let cursor =
+                    index.open_cursor(Some(Query::KeyRange(range)), Some(CursorDirection::Prev))?.await?;
+                let mut page = Vec::new();
+                let Some(cursor) = cursor else { return Ok(page) };
+                let mut cursor = cursor.into_managed();
+                while let Some(value) = cursor.value()? {
+                    page.push(from_js(MESSAGES, value)?);
+                    if page.len() as u32 >= limit {
+                        break;
+                    }
+                    cursor.next(None).await?;
+                }
+                Ok(page)
             }
-            cursor.next(None).await.map_err(|e| classify(&e))?;
-        }
-        Ok(page)
+        })
+        .await
     }
 
     async fn outbox(&self) -> StoreResult<Vec<Mutation>> {
@@ -422,6 +511,156 @@ impl Store for IdbStore {
         }
         Ok(self.get::<Meta>(META, JsValue::from_str(key)).await?.map(|m| m.value))
     }
+}
+
+/// Opens one connection at `version`, running the upgrade steps if needed,
+/// and hooks it to the tab events: on `versionchange` it closes at once
+/// (so the other tab's upgrade goes ahead) and the store is superseded; on
+/// `close` (the browser dropped it) it is marked lost, to be reopened.
+async fn connect(name: &str, version: u32, tabs: &Rc<TabState>, generation: u64) -> StoreResult<Connection> {
+    let factory = Factory::new().map_err(|e| StoreError::Open(describe(&e)))?;
+    let mut request = factory.open(name, Some(version)).map_err(|e| StoreError::Open(describe(&e)))?;
+
+    let upgrade_error: Rc<Cell<Option<String>>> = Rc::default();
+    let upgrade_error_in = upgrade_error.clone();
+    request.on_upgrade_needed(move |event| {
+        let result = (|| {
+            let old = event.old_version()?;
+            let new = event.new_version()?.unwrap_or(version);
+            let db = event.database()?;
+            let tx = event.target()?.transaction().ok_or(idb::Error::EventTargetNotFound)?;
+            upgrade(&db, &tx, old, new).inspect_err(|_| {
+                // Abort, so the version stays where it was and no half-made schema remains.
+                let _ = tx.abort();
+            })
+        })();
+        if let Err(e) = result {
+            upgrade_error_in.set(Some(format!("the database could not be upgraded: {}", describe(&e))));
+        }
+    });
+    // Another tab holds an older version open and does not let go.
+    let (blocked_tx, mut blocked_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut blocked_tx = Some(blocked_tx);
+    request.on_blocked(move |_| {
+        if let Some(tx) = blocked_tx.take() {
+            let _ = tx.send(());
+        }
+    });
+
+    let mut opening = Box::pin(std::future::IntoFuture::into_future(request));
+    let opened = std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = opening.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
+        }
+        match std::pin::Pin::new(&mut blocked_rx).poll(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    })
+    .await;
+    let mut db = match opened {
+        Some(Ok(db)) => db,
+        Some(Err(e)) => {
+            let reason = upgrade_error.take().unwrap_or_else(|| describe(&e));
+            return Err(StoreError::Open(reason));
+        }
+        None => {
+            // The request stays queued in the browser; keep its handlers
+            // alive so that, once the other tab lets go, the upgrade runs
+            // properly and the connection it opens is closed again.
+            wasm_bindgen_futures::spawn_local(async move {
+                if let Ok(db) = opening.await {
+                    db.close();
+                }
+            });
+            return Err(StoreError::Open(
+                "the database upgrade is blocked by another open tab of this app; close it and retry".into(),
+            ));
+        }
+    };
+    // A newer tab wants to upgrade: let go at once instead of blocking it.
+    let tabs_in = tabs.clone();
+    db.on_version_change(move |event| {
+        if let Ok(db) = event.database() {
+            db.close();
+        }
+        tabs_in.supersede();
+    });
+    let lost = Rc::new(Cell::new(false));
+    let lost_in = lost.clone();
+    db.on_close(move |_| lost_in.set(true));
+    Ok(Connection { db, generation, lost })
+}
+
+impl Drop for IdbStore {
+    fn drop(&mut self) {
+        // An open connection would block other tabs' upgrades until garbage
+        // collection, and its `versionchange` handler is dropped with it.
+        self.connection.get_mut().db.close();
+    }
+}
+
+/// A failed step inside a read.
+enum Failure {
+    Idb(idb::Error),
+    Store(StoreError),
+}
+
+impl From<idb::Error> for Failure {
+    fn from(e: idb::Error) -> Self {
+        Failure::Idb(e)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Store(e)
+    }
+}
+
+impl From<Failure> for StoreError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Idb(e) => classify(&e),
+            Failure::Store(e) => e,
+        }
+    }
+}
+
+/// The DOMException name inside an error, where there is one.
+fn exception_name(error: &idb::Error) -> Option<String> {
+    use idb::Error as E;
+    let value: &JsValue = match error {
+        E::DomException(e) => return Some(e.name()),
+        E::TransactionOpenFailed(v)
+        | E::GetFailed(v)
+        | E::GetAllFailed(v)
+        | E::AddFailed(v)
+        | E::UpdateFailed(v)
+        | E::DeleteFailed(v)
+        | E::OpenCursorFailed(v)
+        | E::CursorContinueFailed(v)
+        | E::CursorValueNotFound(v)
+        | E::ObjectStoreNotFound(v)
+        | E::IndexNotFound(v) => v,
+        _ => return None,
+    };
+    js_sys::Reflect::get(value, &"name".into()).ok()?.as_string()
+}
+
+/// Whether the error says the connection is closed or gone: Chrome and
+/// Safari throw InvalidStateError ("The database connection is closing")
+/// from `transaction()` on a closed connection, and Safari fails requests
+/// with UnknownError ("Connection to Indexed Database server lost").
+fn connection_gone(error: &idb::Error) -> bool {
+    matches!(exception_name(error).as_deref(), Some("InvalidStateError" | "UnknownError"))
+}
+
+/// Stands for the error a lost connection would give.
+fn lost_error() -> JsValue {
+    let error = js_sys::Error::new("the browser closed the database connection");
+    error.set_name("InvalidStateError");
+    error.into()
 }
 
 fn to_js<T: Serialize + ?Sized>(value: &T) -> StoreResult<JsValue> {
