@@ -314,23 +314,30 @@ async fn a_push_pokes_the_socket_of_a_member_and_a_dropped_socket_stays_silent()
 async fn a_socket_with_nobody_to_talk_to_retries_with_growing_jittered_backoff_until_dropped() {
     let Some(url) = configured("DOVECOTE_TEST_CLOSED", option_env!("DOVECOTE_TEST_CLOSED")) else { return };
     let events_url = ServerUrl::parse(url).unwrap().events("t");
-    let backoff = Backoff { base_ms: 40, factor: 2, cap_ms: 160 };
+    let backoff = Backoff { base_ms: 10, factor: 2, cap_ms: 640 };
     let options = SocketOptions { backoff, ..SocketOptions::DEFAULT };
     let recorder = Recorder::default();
     let socket = PokeSocket::connect_with(events_url, options, recorder.callback());
-    let fifth = recorder.until(5000, |_| recorder.count() >= 5).await;
-    assert!(fifth.is_some(), "only {} attempts in 5 s", recorder.count());
+    let attempts = 8;
+    let done = recorder.until(10_000, |_| recorder.count() >= attempts).await;
+    assert!(done.is_some(), "only {} attempts in 10 s", recorder.count());
     drop(socket);
     let events = recorder.events.borrow().clone();
+    let mut waits = Vec::new();
     for (attempt, (_, event)) in events.iter().enumerate() {
         match event {
             SocketEvent::Disconnected { retry_in_ms } => {
-                assert!(*retry_in_ms <= backoff.ceiling(attempt as u32), "attempt {attempt}: {retry_in_ms}")
+                assert!(*retry_in_ms <= backoff.ceiling(attempt as u32), "attempt {attempt}: {retry_in_ms}");
+                waits.push(*retry_in_ms);
             }
             other => panic!("attempt {attempt}: {other:?}"),
         }
     }
-    // Each attempt started after the previous wait.
+    // Full jitter: each wait is uniform up to a ceiling that doubles, so
+    // the later ones all staying within the first ceiling (10 ms) would
+    // happen about once in a million runs, unless the ceiling did not grow.
+    assert!(waits[4..attempts].iter().any(|&w| w > backoff.base_ms), "the backoff did not grow: {waits:?}");
+    // Each attempt started only after the previous wait.
     for pair in events.windows(2) {
         let (at, SocketEvent::Disconnected { retry_in_ms }) = &pair[0] else { unreachable!() };
         assert!(pair[1].0 + 1 >= at + retry_in_ms, "{pair:?}");
@@ -369,8 +376,12 @@ async fn sleep_waits_and_a_dropped_timeout_never_fires() {
         move || fired.set(fired.get() + 100)
     });
     drop(dropped);
+    // Were its timer left running, it would call a freed closure: an
+    // uncaught error on the page even though the callback never runs.
+    let errors = count_page_errors();
     sleep(80).await;
     assert_eq!(fired.get(), 1, "only the kept timeout fires");
+    assert_eq!(errors(), 0, "errors on the page");
     drop(kept);
 
     let started = now();
@@ -403,6 +414,17 @@ async fn a_trigger_wakes_before_the_deadline_and_coalesces_fires() {
     assert_eq!(trigger.wait(None).await, Wakeup::Fired);
     assert!(now() - started < 1000);
     drop(later);
+}
+
+/// Counts uncaught errors on the page from now on.
+fn count_page_errors() -> impl Fn() -> u32 {
+    let count = js_sys::Function::new_no_args(
+        "let n = 0; addEventListener('error', () => { n += 1; }); return () => n;",
+    )
+    .call0(&wasm_bindgen::JsValue::UNDEFINED)
+    .unwrap();
+    let count: js_sys::Function = count.into();
+    move || count.call0(&wasm_bindgen::JsValue::UNDEFINED).unwrap().as_f64().unwrap() as u32
 }
 
 fn dispatch(target: &str, event: &str) {
