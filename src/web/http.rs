@@ -157,33 +157,30 @@ impl HttpTransport {
         self.server.events(&self.token.borrow())
     }
 
-    async fn call<T: DeserializeOwned>(
-        &self,
-        method: &str,
-        url: &str,
-        body: Option<&impl Serialize>,
-    ) -> Result<T, TransportFailure> {
+    /// One authenticated exchange; not generic, so that it is compiled once.
+    async fn send(&self, method: &str, url: &str, body: Option<String>) -> Result<Answer, TransportFailure> {
         let token = self.token.borrow().clone();
-        request(method, url, Some(&token), body, self.timeout_ms).await
+        exchange(method, url, Some(&token), body, self.timeout_ms).await
     }
 }
 
 impl Transport for HttpTransport {
     async fn push(&self, request: &PushRequest) -> Result<PushResponse, TransportFailure> {
-        let response: PushResponse = self.call("POST", &self.server.route("/v1/push"), Some(request)).await?;
+        let answer = self.send("POST", &self.server.route("/v1/push"), Some(json(request))).await?;
+        let response: PushResponse = answer.read()?;
         check_protocol(response.protocol)?;
         Ok(response)
     }
 
     async fn pull(&self, request: &PullRequest) -> Result<PullResponse, TransportFailure> {
-        let response: PullResponse = self.call("GET", &self.server.pull(request), None::<&()>).await?;
+        let response: PullResponse = self.send("GET", &self.server.pull(request), None).await?.read()?;
         check_protocol(response.protocol)?;
         Ok(response)
     }
 
     async fn create_invite(&self, thread: ThreadId) -> Result<InviteResponse, TransportFailure> {
         let url = self.server.route(&format!("/v1/threads/{thread}/invites"));
-        self.call("POST", &url, None::<&()>).await
+        self.send("POST", &url, None).await?.read()
     }
 }
 
@@ -191,8 +188,12 @@ impl Transport for HttpTransport {
 /// which trusts the caller (docs/protocol.md §2). A real deployment issues
 /// tokens through its own identity provider instead.
 pub async fn sign_in(server: &ServerUrl, user: &UserId) -> Result<SessionResponse, TransportFailure> {
-    let body = SessionRequest { user: user.clone() };
-    request("POST", &server.route("/v1/session"), None, Some(&body), DEFAULT_TIMEOUT_MS).await
+    let body = json(&SessionRequest { user: user.clone() });
+    exchange("POST", &server.route("/v1/session"), None, Some(body), DEFAULT_TIMEOUT_MS).await?.read()
+}
+
+fn json(body: &impl Serialize) -> String {
+    serde_json::to_string(body).expect("protocol types serialize")
 }
 
 fn check_protocol(protocol: u32) -> Result<(), TransportFailure> {
@@ -213,14 +214,39 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// One HTTP exchange: JSON in, JSON out, every failure a [`TransportFailure`].
-async fn request<T: DeserializeOwned>(
+/// A complete HTTP answer, of any status.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    retry_after: Option<String>,
+    body: String,
+    /// When it arrived, for a `Retry-After` date.
+    at: Millis,
+}
+
+impl Answer {
+    /// The body of a 2xx as `T`; anything else as a [`TransportFailure::Status`].
+    fn read<T: DeserializeOwned>(&self) -> Result<T, TransportFailure> {
+        if (200..300).contains(&self.status) {
+            return serde_json::from_str(&self.body).map_err(|e| TransportFailure::Protocol(e.to_string()));
+        }
+        Err(TransportFailure::Status {
+            status: self.status,
+            error: serde_json::from_str::<ErrorBody>(&self.body).ok().map(|b| b.error),
+            retry_after: self.retry_after.as_deref().and_then(|value| parse_retry_after(value, self.at)),
+        })
+    }
+}
+
+/// One HTTP exchange with a JSON body, if any: the complete answer, or the
+/// failure to get one.
+async fn exchange(
     method: &str,
     url: &str,
     token: Option<&str>,
-    body: Option<&impl Serialize>,
+    body: Option<String>,
     timeout_ms: Millis,
-) -> Result<T, TransportFailure> {
+) -> Result<Answer, TransportFailure> {
     let network = |_| TransportFailure::Network;
     let controller = web_sys::AbortController::new().map_err(network)?;
     let init = web_sys::RequestInit::new();
@@ -232,24 +258,23 @@ async fn request<T: DeserializeOwned>(
         headers.append("Authorization", &format!("Bearer {token}")).map_err(network)?;
     }
     if let Some(body) = body {
-        let json = serde_json::to_string(body).expect("protocol types serialize");
         headers.append("Content-Type", "application/json").map_err(network)?;
-        init.set_body(&JsValue::from_str(&json));
+        init.set_body(&JsValue::from_str(&body));
     }
     init.set_headers(&headers);
 
-    let exchange = async {
+    let answer = async {
         let response = JsFuture::from(fetch_with_init(url, &init)).await.map_err(fetch_error)?;
         let response: web_sys::Response = response.dyn_into().map_err(network)?;
         let retry_after = response.headers().get("Retry-After").ok().flatten();
         let text = response.text().map_err(network)?;
         let text = JsFuture::from(text).await.map_err(fetch_error)?;
-        Ok((response.status(), retry_after, text.as_string().unwrap_or_default()))
+        let at = js_sys::Date::now() as Millis;
+        Ok(Answer { status: response.status(), retry_after, body: text.as_string().unwrap_or_default(), at })
     };
-    let answer = timers::timeout(timeout_ms, exchange).await;
+    let answer = timers::timeout(timeout_ms, answer).await;
     drop(abort);
-    let (status, retry_after, text) = answer.ok_or(TransportFailure::Timeout)??;
-    interpret(status, retry_after.as_deref(), &text, js_sys::Date::now() as Millis)
+    answer.ok_or(TransportFailure::Timeout)?
 }
 
 /// A rejected `fetch` or body read: an abort (only ours) or a network error.
@@ -258,24 +283,6 @@ fn fetch_error(error: JsValue) -> TransportFailure {
         Some(e) if e.name() == "AbortError" || e.name() == "TimeoutError" => TransportFailure::Timeout,
         _ => TransportFailure::Network,
     }
-}
-
-/// Reads an HTTP answer: the body of a 2xx as `T`, anything else as a
-/// [`TransportFailure::Status`].
-fn interpret<T: DeserializeOwned>(
-    status: u16,
-    retry_after: Option<&str>,
-    body: &str,
-    now: Millis,
-) -> Result<T, TransportFailure> {
-    if (200..300).contains(&status) {
-        return serde_json::from_str(body).map_err(|e| TransportFailure::Protocol(e.to_string()));
-    }
-    Err(TransportFailure::Status {
-        status,
-        error: serde_json::from_str::<ErrorBody>(body).ok().map(|b| b.error),
-        retry_after: retry_after.and_then(|value| parse_retry_after(value, now)),
-    })
 }
 
 /// A `Retry-After` header in milliseconds from `now`: either seconds, or an
@@ -379,8 +386,14 @@ mod tests {
 
     #[wasm_bindgen_test]
     fn error_answers_keep_the_servers_code_and_retry_after() {
+        let answer = |status, retry_after: Option<&str>, body: &str| Answer {
+            status,
+            retry_after: retry_after.map(str::to_owned),
+            body: body.to_owned(),
+            at: 0,
+        };
         let body = r#"{"error":{"code":"rate_limited","message":"slow down"}}"#;
-        match interpret::<PushResponse>(429, Some("3"), body, 0) {
+        match answer(429, Some("3"), body).read::<PushResponse>() {
             Err(TransportFailure::Status { status: 429, error: Some(e), retry_after: Some(3000) }) => {
                 assert_eq!((e.code.as_str(), e.message.as_str()), ("rate_limited", "slow down"));
             }
@@ -388,11 +401,11 @@ mod tests {
         }
         // A proxy's HTML error page is still a status, just without details.
         assert_eq!(
-            interpret::<PushResponse>(502, None, "<html>Bad gateway</html>", 0),
+            answer(502, None, "<html>Bad gateway</html>").read::<PushResponse>(),
             Err(TransportFailure::Status { status: 502, error: None, retry_after: None })
         );
         assert!(matches!(
-            interpret::<PushResponse>(200, None, "<html>portal</html>", 0),
+            answer(200, None, "<html>portal</html>").read::<PushResponse>(),
             Err(TransportFailure::Protocol(_))
         ));
         assert_eq!(
