@@ -166,7 +166,7 @@ function summarizeProfiles(profiles) {
   // dovecote's wasm time by crate, from the Rust symbol names (kept by `--profile` builds).
   const byCrate = new Map();
   for (const [k, ms] of byFunction) {
-    if (!k.endsWith("[dovecote wasm]")) continue;
+    if (!k.endsWith("[dovecote wasm]") || k.includes("(built-in)")) continue;
     const crate = /^[<&\s]*(?:dyn\s+)?([a-z_][a-z0-9_]*)/.exec(k)?.[1] ?? "other";
     byCrate.set(crate, (byCrate.get(crate) ?? 0) + ms);
   }

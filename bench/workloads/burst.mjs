@@ -5,7 +5,7 @@ import init, { ChatClient } from "../pkg/dovecote.js";
 import { Dexie } from "/node_modules/dexie/dist/dexie.mjs";
 import { profileMark, deleteDb, dexieSchema, freshName, openRaw, pendingRecord, rawPut, rotate, settle, summarize, text } from "../lib.mjs";
 
-const ROUNDS = 16;
+const ROUNDS = 30;
 const SENDS = 50;
 
 const contenders = {

@@ -8,7 +8,7 @@
 // returning visit. The first, truly cold run of each is reported apart.
 import { profileMark, deleteDb, freshName, openRaw, pendingRecord, rawPut, rotate, settle, summarize, text } from "../lib.mjs";
 
-const ROUNDS = 12;
+const ROUNDS = 30;
 let loadCount = 0;
 
 async function dovecote(split) {

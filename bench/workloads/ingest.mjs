@@ -9,7 +9,7 @@ import init, { BenchClient, ChatClient, benchPullPage } from "../pkg/dovecote.js
 import { Dexie } from "/node_modules/dexie/dist/dexie.mjs";
 import { complete, deleteDb, dexieSchema, freshName, openRaw, profileMark, rotate, settle, summarize } from "../lib.mjs";
 
-const ROUNDS = 12;
+const ROUNDS = 20;
 const COUNT = 500;
 const BODY = 970; // plaintext bytes; the envelope is ~1 KB
 

@@ -9,8 +9,8 @@ import init, { ChatClient, BenchClient, benchFill, benchThreadInvite } from "../
 import { Dexie } from "/node_modules/dexie/dist/dexie.mjs";
 import { profileMark, aesKey, complete, request, deleteDb, dexieSchema, freshName, openRaw, openRecords, rotate, sealedRecord, settle, summarize, text } from "../lib.mjs";
 
-const ROUNDS = 3;
-const READS = 12;
+const ROUNDS = 4;
+const READS = 16;
 const COUNT = 10_000;
 const PAGE = 50;
 const BODY = 120;

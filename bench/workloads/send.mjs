@@ -8,7 +8,7 @@
 import init, { ChatClient } from "../pkg/dovecote.js";
 import { profileMark, complete, deleteDb, freshName, openRaw, pendingRecord, rawPut, rotate, settle, summarize, text } from "../lib.mjs";
 
-const ROUNDS = 6;
+const ROUNDS = 10;
 const PER_ROUND = 60;
 const WARMUP = 10;
 
