@@ -32,7 +32,7 @@ use std::rc::Rc;
 
 use crate::core::envelope::Envelope;
 use crate::core::model::{DeviceId, MessageId, Millis, ThreadId, UserId, MAX_MEMBERS};
-use crate::core::outbox::TransportFailure;
+use crate::core::outbox::{wire_size, TransportFailure};
 use crate::core::sync::{
     AcceptResponse, Ack, Change, ErrorDetail, InviteResponse, MutationBody, PullRequest, PullResponse,
     PushRequest, PushResponse, Rejection, ServerMessage, ServerThread, PROTOCOL_VERSION,
@@ -347,7 +347,14 @@ impl State {
             let message = format!("{} mutations in one push", request.mutations.len());
             return Err(http(413, "too_large", message));
         }
-        let size = serde_json::to_vec(request).map_or(usize::MAX, |json| json.len());
+        // `wire_size` bounds each mutation's JSON from above, so only a push
+        // that may be over the limit is measured exactly.
+        let estimate: usize = request.mutations.iter().map(|m| wire_size(&m.body)).sum::<usize>() + 256;
+        let size = if estimate <= self.limits.body_bytes {
+            estimate
+        } else {
+            serde_json::to_vec(request).map_or(usize::MAX, |json| json.len())
+        };
         if size > self.limits.body_bytes {
             return Err(http(413, "too_large", format!("a body of {size} bytes")));
         }
@@ -662,6 +669,12 @@ struct Network {
     rng: SimRng,
     faults: Faults,
     held: Vec<PushRequest>,
+    /// The next push never answers; `Some(true)` if it reaches the server.
+    hang: Option<bool>,
+    /// The next push waits at the gate until [`FakeTransport::resume`].
+    pause_next: bool,
+    /// A push is waiting at the gate.
+    paused: bool,
     retry_after_until: Millis,
     stats: TransportStats,
 }
@@ -699,6 +712,9 @@ impl FakeTransport {
                 rng: SimRng::new(seed),
                 faults: Faults::NONE,
                 held: Vec::new(),
+                hang: None,
+                pause_next: false,
+                paused: false,
                 retry_after_until: 0,
                 stats: TransportStats::default(),
             })),
@@ -737,6 +753,40 @@ impl FakeTransport {
     /// How many delayed pushes have not reached the server yet.
     pub fn held(&self) -> usize {
         self.net.borrow().held.len()
+    }
+
+    /// Makes the next push hang: its future never completes, so the client
+    /// is stuck between sending and hearing back, which is where a tab that
+    /// is closed or crashes mid-push leaves it (drop the future to model
+    /// that). With `reaches_server`, the server applies the push first.
+    pub fn hang_next_push(&self, reaches_server: bool) {
+        self.net.borrow_mut().hang = Some(reaches_server);
+    }
+
+    /// Takes back a [`hang_next_push`](Self::hang_next_push) that no push
+    /// used; returns whether one was still armed.
+    pub fn clear_hang(&self) -> bool {
+        self.net.borrow_mut().hang.take().is_some()
+    }
+
+    /// Makes the next push wait, before anything else happens to it, until
+    /// [`resume`](Self::resume): a simulation can then act (in the same
+    /// client or another tab) while a push is in flight, and let it go on.
+    pub fn pause_next_push(&self) {
+        self.net.borrow_mut().pause_next = true;
+    }
+
+    /// Whether a push is waiting at the gate.
+    pub fn is_paused(&self) -> bool {
+        self.net.borrow().paused
+    }
+
+    /// Lets a paused push go on (when its future is polled again), and takes
+    /// back a pause that no push used.
+    pub fn resume(&self) {
+        let mut net = self.net.borrow_mut();
+        net.paused = false;
+        net.pause_next = false;
     }
 
     /// Delivers every delayed push now (if the server is up; otherwise they
@@ -843,6 +893,24 @@ impl Transport for FakeTransport {
             let mut net = self.net.borrow_mut();
             net.stats.pushes += 1;
             net.stats.mutations += request.mutations.len() as u64;
+        }
+        if std::mem::take(&mut self.net.borrow_mut().pause_next) {
+            self.net.borrow_mut().paused = true;
+            std::future::poll_fn(|_| {
+                if self.net.borrow().paused {
+                    std::task::Poll::Pending
+                } else {
+                    std::task::Poll::Ready(())
+                }
+            })
+            .await;
+        }
+        let hang = self.net.borrow_mut().hang.take();
+        if let Some(reaches_server) = hang {
+            if reaches_server && !self.server.is_down() {
+                let _ = self.server.push(&self.user, request);
+            }
+            return std::future::pending().await;
         }
         if self.server.is_down() {
             self.net.borrow_mut().stats.down += 1;
