@@ -347,6 +347,43 @@ async fn a_socket_with_nobody_to_talk_to_retries_with_growing_jittered_backoff_u
 }
 
 #[wasm_bindgen_test]
+async fn reconnect_now_cuts_a_backoff_short_and_leaves_an_open_socket_alone() {
+    let Some(url) = configured("DOVECOTE_TEST_CLOSED", option_env!("DOVECOTE_TEST_CLOSED")) else { return };
+    let minute = Backoff { base_ms: 60_000, factor: 1, cap_ms: 60_000 };
+    let options = SocketOptions { backoff: minute, ..SocketOptions::DEFAULT };
+    let recorder = Recorder::default();
+    let socket =
+        PokeSocket::connect_with(ServerUrl::parse(url).unwrap().events("t"), options, recorder.callback());
+    let mut long_waits = 0;
+    for round in 1..=5 {
+        assert!(recorder.until(5000, |_| recorder.count() >= round).await.is_some(), "round {round}");
+        let (at, event) = recorder.events.borrow()[round - 1].clone();
+        let SocketEvent::Disconnected { retry_in_ms } = event else { panic!("{event:?}") };
+        socket.reconnect_now();
+        assert!(recorder.until(5000, |_| recorder.count() > round).await.is_some(), "round {round}");
+        let next = recorder.events.borrow()[round].0;
+        // A wait drawn under a second proves nothing; five in a row would
+        // be about one run in ten million.
+        if retry_in_ms > 1000 {
+            long_waits += 1;
+            assert!(next < at + retry_in_ms, "round {round}: waited out {retry_in_ms} ms");
+        }
+    }
+    assert!(long_waits > 0);
+    drop(socket);
+
+    let Some(server) = server() else { return };
+    let (_, alice) = signed_in(&server, "alice").await;
+    let recorder = Recorder::default();
+    let socket = PokeSocket::connect(alice.events_url(), recorder.callback());
+    assert!(recorder.until(5000, |e| *e == SocketEvent::Connected).await.is_some());
+    socket.reconnect_now();
+    sleep(300).await;
+    assert!(socket.is_connected());
+    assert_eq!(recorder.count(), 1, "{:?}", recorder.events.borrow());
+}
+
+#[wasm_bindgen_test]
 async fn a_socket_that_cannot_open_in_time_gives_up_and_retries() {
     let Some(url) = configured("DOVECOTE_TEST_STALL", option_env!("DOVECOTE_TEST_STALL")) else { return };
     let options = SocketOptions { connect_timeout_ms: 200, ..SocketOptions::DEFAULT };
