@@ -82,20 +82,20 @@ test("the tarball holds only what a user needs, with exports a resolver follows"
 });
 
 test("a page importing the installed package stores a sent message locally as pending", async () => {
-  const { page, problems, wasmFetches } = await openPage(`${site.url}/?db=consumer-local&user=alice&text=local+only`);
+  const { context, page, problems, wasmFetches } = await openPage(`${site.url}/?db=consumer-local&user=alice&text=local+only`);
   await page.waitForFunction(() => document.body.dataset.message || document.getElementById("error").textContent);
   assert.equal(await page.textContent("#error"), "");
   assert.equal(await page.textContent("#body"), "local only");
   assert.equal(await page.textContent("#status"), "pending");
   assert.deepEqual(wasmFetches, [`${site.url}/node_modules/dovecote/dovecote_bg.wasm`]);
   assert.deepEqual(problems, []);
-  await page.close();
+  await context.close();
 });
 
 test("a message sent from the installed package reaches the real server, encrypted, and turns sent", async () => {
   const text = "Hello through the server from the npm package";
   const url = `${site.url}/?db=consumer-sync&user=alice&server=${encodeURIComponent(server.url)}&text=${encodeURIComponent(text)}`;
-  const { page, problems } = await openPage(url);
+  const { context, page, problems } = await openPage(url);
   await page.waitForFunction(() => document.body.dataset.message || document.getElementById("error").textContent);
   assert.equal(await page.textContent("#error"), "");
   // On a timeout, the assertion below says which status the message is stuck in.
@@ -125,21 +125,20 @@ test("a message sent from the installed package reaches the real server, encrypt
   assert.equal(sealed.indexOf(text), -1, "the server holds no plaintext");
   assert.equal(Buffer.from(thread.title, "base64url").indexOf("From the npm package"), -1, "nor the title");
   assert.deepEqual(problems, []);
-  await page.close();
+  await context.close();
 });
 
 /** Opens `url` in a fresh context; collects page errors, console errors and wasm fetches. */
 async function openPage(url) {
   const context = await browser.newContext();
   const page = await context.newPage();
-  page.on("close", () => context.close());
   const problems = [];
   const wasmFetches = [];
   page.on("pageerror", (e) => problems.push(e.message));
   page.on("console", (m) => m.type() === "error" && problems.push(m.text()));
   page.on("request", (r) => r.url().endsWith(".wasm") && wasmFetches.push(r.url()));
   await page.goto(url);
-  return { page, problems, wasmFetches };
+  return { context, page, problems, wasmFetches };
 }
 
 async function fetchJson(url, init = {}) {
