@@ -247,6 +247,9 @@ pub enum InvalidInput {
     /// A string that is not an id.
     #[error(transparent)]
     Id(#[from] InvalidId),
+    /// A server URL that is not an absolute http(s) URL.
+    #[error("{0}")]
+    ServerUrl(String),
 }
 
 /// Checks a message body as the caller gave it; the body is kept as given.

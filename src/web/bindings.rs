@@ -11,7 +11,11 @@ use wasm_bindgen_futures::future_to_promise;
 use zeroize::Zeroizing;
 
 use crate::core::model::{InvalidInput, MessageId, ThreadId, UserId};
+use crate::engine::ClientEvent;
 use crate::engine::{Client, Error, DEFAULT_PAGE};
+use crate::ports::Transport as _;
+use crate::web::driver::{Session, SyncDriver};
+use crate::web::http::ServerUrl;
 use crate::web::idb::IdbStore;
 use crate::web::kek::WebCryptoKek;
 use crate::web::BrowserClock;
@@ -36,6 +40,45 @@ export interface OpenOptions {
    * users may type it on different keyboards.
    */
   passphrase?: string;
+  /**
+   * Base URL of a dovecote sync server (e.g. "https://chat.example"). Without
+   * it the client is local-only. With it, the client syncs in the background:
+   * pushes the outbox, pulls changes, listens for pokes on a WebSocket.
+   */
+  serverUrl?: string;
+  /**
+   * Bearer token for the server. Without one, the client signs in with the
+   * server's dev-only `POST /v1/session` as `userId` (demo and tests only).
+   */
+  token?: string;
+}
+
+/** Where background sync stands. */
+export type SyncState = "online" | "offline" | "syncing" | "idle" | "error";
+
+/** A client-wide event (`onEvent`). */
+export type ClientEvent =
+  | { type: "sync"; state: SyncState; error: { code: string; message: string } | null }
+  | { type: "status"; message: Message }
+  | { type: "threads" }
+  | { type: "conflict"; threadId: string; messageId: string; code: "deleted_remotely" }
+  | { type: "version_change" }
+  | { type: "leader"; leader: boolean };
+
+/** A change waiting in the outbox (`outbox()`). */
+export interface OutboxEntry {
+  mutationId: number;
+  kind: "create_thread" | "send" | "edit" | "delete" | "join";
+  threadId: string;
+  messageId: string | null;
+  state: "queued" | "sending" | "failed";
+  /** How many pushes carried it. */
+  attempts: number;
+  /** Not sent before this time (ms since epoch). */
+  nextAttemptAt: number;
+  /** Why it failed, or why its last push failed while it waits to retry. */
+  error: { code: string; message: string } | null;
+  createdAt: number;
 }
 
 /** What `importThreadInvite` resolves to. */
@@ -112,7 +155,9 @@ export type ErrorCode =
   | "random_unavailable" | "unwrap_failed" | "wrapped_truncated" | "wrapped_version"
   | "invalid_key_id" | "key_id_conflict"
   | "invite_encoding" | "invite_truncated" | "invite_version" | "invite_malformed"
-  | "wrong_passphrase" | "passphrase_required";
+  | "wrong_passphrase" | "passphrase_required"
+  | "not_sender" | "deleted" | "not_queued" | "in_flight" | "maybe_sent" | "not_failed"
+  | "network" | "timeout" | "unauthorized" | "forbidden" | "not_found" | "rate_limited" | "server_error";
 
 /** Every error dovecote throws is an `Error` with `name` "DovecoteError" and a `code`. */
 export interface DovecoteError extends Error {
@@ -155,6 +200,8 @@ struct OpenOptions {
     user_id: String,
     device_name: Option<String>,
     passphrase: Option<String>,
+    server_url: Option<String>,
+    token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -172,12 +219,15 @@ struct PageOptions {
     limit: Option<u32>,
 }
 
-type BrowserClient = Client<IdbStore, BrowserClock, WebCryptoKek>;
+/// The engine on the browser's ports.
+pub(crate) type BrowserClient = Client<IdbStore, BrowserClock, WebCryptoKek>;
 
 /// A chat client on one IndexedDB database. Open with `ChatClient.open`.
 #[wasm_bindgen]
 pub struct ChatClient {
     inner: Rc<BrowserClient>,
+    /// The background sync loop, when the client has a server.
+    driver: std::cell::RefCell<Option<Rc<SyncDriver>>>,
 }
 
 #[wasm_bindgen]
@@ -201,10 +251,35 @@ impl ChatClient {
                 return Err(js_error(e));
             }
         };
-        match Client::open(store, BrowserClock, kek, user, options.device_name).await {
-            Ok(client) => Ok(ChatClient { inner: Rc::new(client) }),
-            Err(e) => Err(js_error(e)),
+        let server = match options.server_url.as_deref().map(ServerUrl::parse).transpose() {
+            Ok(server) => server,
+            Err(e) => {
+                store.close();
+                return Err(js_error(InvalidInput::ServerUrl(e.to_string()).into()));
+            }
+        };
+        let inner = match Client::open(store, BrowserClock, kek, user.clone(), options.device_name).await {
+            Ok(client) => Rc::new(client),
+            Err(e) => return Err(js_error(e)),
+        };
+        let driver = server.map(|server| {
+            let session = match options.token {
+                Some(token) => Session::Token(token),
+                None => Session::DevSignIn(user),
+            };
+            Rc::new(SyncDriver::start(inner.clone(), server, session, true))
+        });
+        if let Some(driver) = &driver {
+            // Every local write wakes the loop (another tab's too, once tabs
+            // relay them).
+            let weak = Rc::downgrade(driver);
+            inner.set_change_sink(move |changes| {
+                if let (true, Some(driver)) = (changes.outbox, weak.upgrade()) {
+                    driver.wake();
+                }
+            });
         }
+        Ok(ChatClient { inner, driver: std::cell::RefCell::new(driver) })
     }
 
     /// The user this client acts for.
@@ -300,10 +375,31 @@ impl ChatClient {
     #[wasm_bindgen(js_name = exportThreadInvite, unchecked_return_type = "Promise<string>")]
     pub fn export_thread_invite(&self, #[wasm_bindgen(js_name = threadId)] thread_id: String) -> Promise {
         let inner = self.inner.clone();
+        let driver = self.driver.borrow().clone();
         future_to_promise(async move {
             let thread_id = parse_thread_id(&thread_id)?;
+            // With a server, the code also carries its invite token, which
+            // lets the invitee join there. The thread must be on the server
+            // first: push what is queued.
+            let server_invite = match &driver {
+                None => None,
+                Some(driver) => {
+                    inner.export_thread_invite(thread_id, None).map_err(js_error)?;
+                    driver.sync_now().await.map_err(js_error)?;
+                    let transport = driver.transport().await.map_err(sync_error)?;
+                    let invite = transport.create_invite(thread_id).await.map_err(|f| {
+                        let (code, message) = match crate::core::outbox::classify(&f) {
+                            crate::core::outbox::ErrorClass::Transient { code, message, .. }
+                            | crate::core::outbox::ErrorClass::Permanent { code, message } => (code, message),
+                        };
+                        sync_error(crate::engine::ErrorInfo { code, message })
+                    })?;
+                    Some(invite.token)
+                }
+            };
             // The code holds the key: the Rust copy is wiped once JS has its own.
-            let code = Zeroizing::new(inner.export_thread_invite(thread_id, None).map_err(js_error)?);
+            let code =
+                Zeroizing::new(inner.export_thread_invite(thread_id, server_invite).map_err(js_error)?);
             Ok(JsValue::from_str(&code))
         })
     }
@@ -349,10 +445,122 @@ impl ChatClient {
         Ok(unsubscribe.into_js_value().unchecked_into())
     }
 
-    /// Closes the client and its database connection. Later calls fail with
-    /// code `closed`.
+    /// Replaces the text of one of the user's messages.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Message>")]
+    pub fn edit(&self, #[wasm_bindgen(js_name = messageId)] message_id: String, text: String) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let message_id = parse_message_id(&message_id)?;
+            to_js(&inner.edit(message_id, &text).await.map_err(js_error)?)
+        })
+    }
+
+    /// Deletes one of the user's messages (a tombstone stays).
+    #[wasm_bindgen(unchecked_return_type = "Promise<Message>")]
+    pub fn delete(&self, #[wasm_bindgen(js_name = messageId)] message_id: String) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let message_id = parse_message_id(&message_id)?;
+            to_js(&inner.delete(message_id).await.map_err(js_error)?)
+        })
+    }
+
+    /// Sends a failed message again, at the end of the queue.
+    #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
+    pub fn retry(&self, #[wasm_bindgen(js_name = messageId)] message_id: String) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            inner.retry(parse_message_id(&message_id)?).await.map_err(js_error)?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// Withdraws a queued or failed message: it is never sent.
+    #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
+    pub fn cancel(&self, #[wasm_bindgen(js_name = messageId)] message_id: String) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            inner.cancel(parse_message_id(&message_id)?).await.map_err(js_error)?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// What waits to be sent, in order, with states, attempts and errors.
+    #[wasm_bindgen(unchecked_return_type = "Promise<OutboxEntry[]>")]
+    pub fn outbox(&self) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move { to_js(&inner.outbox().await.map_err(js_error)?) })
+    }
+
+    /// Syncs now: pushes what is queued (also what waits out a backoff) and
+    /// pulls what is new. Resolves when the round is done (at once in a tab
+    /// that is not the sync leader, or without a server); its outcome shows
+    /// in `syncState` and the `sync` event.
+    #[wasm_bindgen(js_name = syncNow, unchecked_return_type = "Promise<void>")]
+    pub fn sync_now(&self) -> Promise {
+        let driver = self.driver.borrow().clone();
+        future_to_promise(async move {
+            if let Some(driver) = driver {
+                driver.sync_now().await.map_err(js_error)?;
+            }
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// Where background sync stands.
+    #[wasm_bindgen(getter, js_name = syncState, unchecked_return_type = "SyncState")]
+    pub fn sync_state(&self) -> JsValue {
+        to_js(&self.inner.sync_state()).unwrap_or(JsValue::NULL)
+    }
+
+    /// Uses a new session token (after the app's own sign-in).
+    #[wasm_bindgen(js_name = setToken)]
+    pub fn set_token(&self, token: String) {
+        if let Some(driver) = self.driver.borrow().as_ref() {
+            driver.set_token(&token);
+        }
+    }
+
+    /// Calls `callback` with every client-wide event (sync state, message
+    /// status, thread list, conflicts, tabs); returns a function that stops it.
+    #[wasm_bindgen(js_name = onEvent, unchecked_return_type = "() => void")]
+    pub fn on_event(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "(event: ClientEvent) => void")] callback: Function,
+    ) -> Function {
+        let id = self.inner.on_event(move |event: &ClientEvent| {
+            if let Ok(value) = to_js(event) {
+                if let Err(e) = callback.call1(&JsValue::NULL, &value) {
+                    web_sys::console::error_2(&"dovecote: an event listener threw".into(), &e);
+                }
+            }
+        });
+        let client: Weak<BrowserClient> = Rc::downgrade(&self.inner);
+        let stop = Closure::<dyn FnMut()>::new(move || {
+            if let Some(client) = client.upgrade() {
+                client.unsubscribe(id);
+            }
+        });
+        stop.into_js_value().unchecked_into()
+    }
+
+    /// Closes the client, its sync loop and its database connection. Later
+    /// calls fail with code `closed`.
     pub fn close(&self) {
+        self.driver.borrow_mut().take();
         self.inner.close();
         self.inner.store().close();
     }
+}
+
+fn parse_message_id(id: &str) -> Result<MessageId, JsValue> {
+    id.parse().map_err(|e| js_error(InvalidInput::from(e).into()))
+}
+
+/// A sync failure outside a round (invites) as a JS error.
+fn sync_error(info: crate::engine::ErrorInfo) -> JsValue {
+    let js = js_sys::Error::new(&info.message);
+    js.set_name("DovecoteError");
+    let _ = js_sys::Reflect::set(&js, &"code".into(), &info.code.into());
+    js.into()
 }

@@ -5,6 +5,7 @@
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod bindings;
+pub mod driver;
 pub mod http;
 pub mod idb;
 pub mod kek;

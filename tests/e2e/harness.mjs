@@ -8,13 +8,19 @@ import { chromium } from "playwright-core";
 
 const root = new URL("../../", import.meta.url).pathname;
 
-/** Starts dovecote-server serving the repo root; resolves with { url, stop }. */
-export async function startServer() {
-  const dir = mkdtempSync(join(tmpdir(), "dovecote-e2e-"));
+/**
+ * Starts dovecote-server serving the repo root; resolves with
+ * { url, port, dir, stop }. `dir` (a data folder to reuse) and `port` let a
+ * test restart the same server: `stop({ keepData: true })`, then start again
+ * with both.
+ */
+export async function startServer({ dir, port = 0, args = [] } = {}) {
+  dir ??= mkdtempSync(join(tmpdir(), "dovecote-e2e-"));
   const target = process.env.CARGO_TARGET_DIR ?? join(root, "target");
   const bin = process.env.DOVECOTE_SERVER_BIN ?? join(target, "debug/dovecote-server");
-  const child = spawn(bin, ["--db", join(dir, "db.sqlite3"), "--addr", "127.0.0.1:0", "--static", root], {
-    stdio: ["ignore", "pipe", "inherit"],
+  const addr = `127.0.0.1:${port}`;
+  const child = spawn(bin, ["--db", join(dir, "db.sqlite3"), "--addr", addr, "--static", root, ...args], {
+    stdio: ["ignore", "pipe", process.env.DOVECOTE_SERVER_LOG ? "inherit" : "ignore"],
   });
   const url = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("server did not start in 10 s")), 10_000);
@@ -27,12 +33,12 @@ export async function startServer() {
       }
     });
   });
-  const stop = async () => {
+  const stop = async ({ keepData = false } = {}) => {
     child.kill("SIGTERM");
     await new Promise((resolve) => (child.exitCode !== null ? resolve() : child.once("exit", resolve)));
-    rmSync(dir, { recursive: true, force: true });
+    if (!keepData) rmSync(dir, { recursive: true, force: true });
   };
-  return { url, stop };
+  return { url, port: Number(new URL(url).port), dir, stop };
 }
 
 /** Debian's Chromium, headless, with no network of its own. */
