@@ -135,6 +135,9 @@ struct Totals {
     dropped_answers: u64,
     duplicated: u64,
     delayed: u64,
+    unauthorized: u64,
+    before_retry_after: u64,
+    pushes_before_retry_after: u64,
     replayed: u64,
 }
 
@@ -157,8 +160,11 @@ struct Sim {
 impl Sim {
     fn new(seed: u64, trace: Rc<RefCell<Vec<String>>>) -> Self {
         let clock = SimClock(Rc::new(Cell::new(T0)));
-        let server =
-            FakeServer::with_limits(ServerLimits { envelope_bytes: ENVELOPE_LIMIT, ..Default::default() });
+        // A server that pages small (3 to 40 changes) makes clients page,
+        // and entities changed between pages show up again.
+        let max_pull = 3 + (seed % 38) as u32;
+        let limits = ServerLimits { envelope_bytes: ENVELOPE_LIMIT, max_pull, ..Default::default() };
+        let server = FakeServer::with_limits(limits);
         server.set_now(T0);
         let device = |n: u64, name: &'static str, user: &str| {
             let user = UserId::parse(user).unwrap();
@@ -502,7 +508,12 @@ impl Sim {
             890..=904 => self.open_second_tab(d),
             905..=929 => self.kill_mid_push(d),
             930..=969 => self.act_mid_push(d),
-            970..=984 => {
+            970..=979 => {
+                let expired = self.rng.chance(50);
+                self.log(format!("{} session expired: {expired}", self.devices[d].name));
+                self.devices[d].transport.set_session_expired(expired);
+            }
+            980..=989 => {
                 run(self.devices[d].leader().wake_outbox()).unwrap_or_else(|e| self.fail(e));
             }
             _ => self.devices[d].transport.deliver_held(),
@@ -526,6 +537,7 @@ impl Sim {
         self.server.set_down(false);
         for device in &self.devices {
             device.transport.set_faults(Faults::NONE);
+            device.transport.set_session_expired(false);
             device.transport.deliver_held();
         }
         for pass in 0..20 {
@@ -644,6 +656,9 @@ impl Sim {
             self.totals.dropped_answers += t.dropped_answers;
             self.totals.duplicated += t.duplicated;
             self.totals.delayed += t.delayed;
+            self.totals.unauthorized += t.unauthorized;
+            self.totals.before_retry_after += t.before_retry_after;
+            self.totals.pushes_before_retry_after += t.pushes_before_retry_after;
         }
         self.totals.withdrawn = self.written.values().filter(|w| w.withdrawn).count();
         self.totals.refused = self.written.values().filter(|w| w.refused).count();
@@ -709,6 +724,9 @@ impl Totals {
         self.dropped_answers += t.dropped_answers;
         self.duplicated += t.duplicated;
         self.delayed += t.delayed;
+        self.unauthorized += t.unauthorized;
+        self.before_retry_after += t.before_retry_after;
+        self.pushes_before_retry_after += t.pushes_before_retry_after;
         self.replayed += t.replayed;
     }
 }
@@ -799,6 +817,7 @@ fn simulation_of_faults_and_restarts_loses_duplicates_and_reorders_nothing() {
         assert!(all.killed_mid_push > n / 4 && all.acted_mid_push > n / 4, "{all:?}");
         assert!(all.dropped_answers as usize > n && all.duplicated as usize > n / 2, "{all:?}");
         assert!(all.delayed as usize > n / 2 && all.replayed as usize > n, "{all:?}");
+        assert!(all.unauthorized as usize > n / 2, "{all:?}");
         assert!(all.withdrawn > 0 && all.refused > 0 && all.dependent_failures > 0, "{all:?}");
     }
 }

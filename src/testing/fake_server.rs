@@ -82,6 +82,9 @@ pub struct ServerLimits {
     pub max_mutations: usize,
     /// How long an invite token stays valid.
     pub invite_ttl: Millis,
+    /// Most changes per pull page; a larger `limit` is lowered to this
+    /// (the reference server: 1000). A small one makes clients page.
+    pub max_pull: u32,
 }
 
 impl Default for ServerLimits {
@@ -92,6 +95,7 @@ impl Default for ServerLimits {
             body_bytes: 256 * 1024,
             max_mutations: 500,
             invite_ttl: 7 * 24 * 3600 * 1000,
+            max_pull: 1000,
         }
     }
 }
@@ -443,7 +447,7 @@ impl State {
                 return Err(http(404, "not_found", "not found"));
             }
         }
-        let limit = request.limit.min(1000) as usize;
+        let limit = request.limit.min(self.limits.max_pull.max(1)) as usize;
         let entries: Vec<(u64, Entity)> = self
             .feed
             .range(request.cursor.saturating_add(1)..)
@@ -659,9 +663,13 @@ pub struct TransportStats {
     /// Held pushes that were lost because the server was down when they
     /// would have arrived.
     pub delayed_lost: u64,
+    /// Requests refused `401` because the session had expired.
+    pub unauthorized: u64,
     /// Requests made before a `Retry-After` the client was given had passed
     /// (by the server's clock).
     pub before_retry_after: u64,
+    /// Of those, pushes.
+    pub pushes_before_retry_after: u64,
 }
 
 #[derive(Debug)]
@@ -671,6 +679,8 @@ struct Network {
     held: Vec<PushRequest>,
     /// The next push never answers; `Some(true)` if it reaches the server.
     hang: Option<bool>,
+    /// The session token expired: every request gets `401` until renewed.
+    expired: bool,
     /// The next push waits at the gate until [`FakeTransport::resume`].
     pause_next: bool,
     /// A push is waiting at the gate.
@@ -713,6 +723,7 @@ impl FakeTransport {
                 faults: Faults::NONE,
                 held: Vec::new(),
                 hang: None,
+                expired: false,
                 pause_next: false,
                 paused: false,
                 retry_after_until: 0,
@@ -753,6 +764,21 @@ impl FakeTransport {
     /// How many delayed pushes have not reached the server yet.
     pub fn held(&self) -> usize {
         self.net.borrow().held.len()
+    }
+
+    /// Expires the session (every request then gets `401 unauthorized`,
+    /// before the server sees it) or renews it.
+    pub fn set_session_expired(&self, expired: bool) {
+        self.net.borrow_mut().expired = expired;
+    }
+
+    /// The `401` of an expired session, counted; `None` while it is valid.
+    fn unauthorized(&self) -> Option<TransportFailure> {
+        let mut net = self.net.borrow_mut();
+        net.expired.then(|| {
+            net.stats.unauthorized += 1;
+            http(401, "unauthorized", "the session expired")
+        })
     }
 
     /// Makes the next push hang: its future never completes, so the client
@@ -809,11 +835,12 @@ impl FakeTransport {
 
     /// Counts the request, checks `Retry-After`, and picks its fate. Held
     /// pushes come back split by when they arrive: before or after this one.
-    fn roll(&self) -> (Fault, Vec<PushRequest>, Vec<PushRequest>) {
+    fn roll(&self, push: bool) -> (Fault, Vec<PushRequest>, Vec<PushRequest>) {
         let now = self.server.now();
         let mut net = self.net.borrow_mut();
         if now < net.retry_after_until {
             net.stats.before_retry_after += 1;
+            net.stats.pushes_before_retry_after += u64::from(push);
         }
         let held = std::mem::take(&mut net.held);
         let (mut before, mut after) = (Vec::new(), Vec::new());
@@ -918,7 +945,10 @@ impl Transport for FakeTransport {
             self.deliver(held);
             return Err(TransportFailure::Network);
         }
-        let (fault, before, after) = self.roll();
+        if let Some(failure) = self.unauthorized() {
+            return Err(failure);
+        }
+        let (fault, before, after) = self.roll(true);
         self.deliver(before);
         let answer = match self.refuse(&fault) {
             Some(failure) => Err(failure),
@@ -965,7 +995,10 @@ impl Transport for FakeTransport {
             self.deliver(held);
             return Err(TransportFailure::Network);
         }
-        let (fault, before, after) = self.roll();
+        if let Some(failure) = self.unauthorized() {
+            return Err(failure);
+        }
+        let (fault, before, after) = self.roll(false);
         self.deliver(before);
         let answer = match self.refuse(&fault) {
             Some(failure) => Err(failure),
@@ -989,6 +1022,9 @@ impl Transport for FakeTransport {
         if self.server.is_down() {
             self.net.borrow_mut().stats.down += 1;
             return Err(TransportFailure::Network);
+        }
+        if let Some(failure) = self.unauthorized() {
+            return Err(failure);
         }
         self.server.create_invite(&self.user, thread)
     }
@@ -1330,6 +1366,52 @@ mod tests {
             block_on(transport.pull(&PullRequest { cursor: before, limit: 5, thread: None })).unwrap().cursor,
             before
         );
+    }
+
+    #[test]
+    fn an_expired_session_is_refused_before_the_server_until_renewed() {
+        let server = FakeServer::new();
+        let transport = FakeTransport::new(&server, user("alice"), 1);
+        transport.set_session_expired(true);
+        let request = push(1, vec![(1, create(1, &[]))]);
+        let failure = block_on(transport.push(&request)).unwrap_err();
+        assert_eq!(status_code(failure), (401, "unauthorized".into()));
+        assert_eq!(server.last_seq(), 0);
+        transport.set_session_expired(false);
+        assert_eq!(block_on(transport.push(&request)).unwrap().acks.len(), 1);
+        assert_eq!(transport.stats().unauthorized, 1);
+    }
+
+    #[test]
+    fn a_paused_push_waits_for_resume_and_a_hung_one_never_answers() {
+        use std::future::Future;
+        use std::task::{Context, Poll};
+        let server = FakeServer::with_limits(ServerLimits { max_pull: 1, ..ServerLimits::default() });
+        let alice = user("alice");
+        let transport = FakeTransport::new(&server, alice.clone(), 1);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+
+        transport.pause_next_push();
+        let request = push(1, vec![(1, create(1, &[])), (2, send(1, 1, b"a"))]);
+        let mut paused = std::pin::pin!(transport.push(&request));
+        assert!(paused.as_mut().poll(&mut cx).is_pending());
+        assert!(transport.is_paused());
+        assert_eq!(server.last_seq(), 0, "nothing reached the server yet");
+        transport.resume();
+        let Poll::Ready(Ok(answer)) = paused.as_mut().poll(&mut cx) else { panic!("answered after resume") };
+        assert_eq!(answer.acks.len(), 2);
+
+        transport.hang_next_push(true);
+        let request = push(1, vec![(3, send(1, 2, b"b"))]);
+        let mut hung = std::pin::pin!(transport.push(&request));
+        assert!(hung.as_mut().poll(&mut cx).is_pending());
+        assert!(hung.as_mut().poll(&mut cx).is_pending());
+        assert!(server.message(message(2)).is_some(), "it reached the server");
+        assert!(!transport.clear_hang(), "the hang was used");
+
+        // A server that lowers the limit makes the client page.
+        let page = server.pull(&alice, &PullRequest { cursor: 0, limit: 500, thread: None }).unwrap();
+        assert_eq!((page.changes.len(), page.cursor, page.has_more), (1, 1, true));
     }
 
     #[test]
