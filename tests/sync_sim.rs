@@ -18,8 +18,21 @@
 //! * convergence: every device shows the server's state, bodies decrypting
 //!   to what their author last wrote, deletes winning.
 //!
-//! `SEED=n cargo test --test sync_sim` replays one seed (and prints its
-//! trace); `SEEDS=n` runs n seeds instead of the default.
+//! Faults (per device, switched by the schedule between none, `CHAOS` and
+//! `STORM`): requests lost before the server, answers lost after it applied
+//! a push, 5xx and 429 with `Retry-After`, duplicated pushes, pushes delayed
+//! past the client's timeout that land later (after a retry or a pull), the
+//! server down, expired sessions (401), texts the server refuses
+//! (`too_large`), a server that pages small. Restarts drop the leader tab
+//! (another tab takes over or a new one opens on the same store); a kill
+//! drops it with a push hanging, applied or not; a pause lets the user send,
+//! edit, delete and cancel while a push is in flight.
+//!
+//! `SEED=n cargo test --test sync_sim -- --nocapture` replays one seed and
+//! prints its trace; `SEEDS=n` runs n seeds instead of the default. A failure
+//! prints its seed and the end of its trace. Replays are exact up to the
+//! first backoff that decides whether a row is due: the engine draws its
+//! jitter (and ids) from the OS random source, not from the seed.
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::cell::{Cell, RefCell};

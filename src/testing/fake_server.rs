@@ -20,7 +20,10 @@
 //! after the client's next request or before it. With one push in flight per
 //! client, that last one is the only reordering a real network can do to it:
 //! HTTP pairs each answer with its request, so an abandoned request's late
-//! answer is never seen, but the request itself may still arrive.
+//! answer is never seen, but the request itself may still arrive. Besides
+//! the random faults, a test can take the server down, expire the session
+//! (`401` until renewed), and make the next push hang for ever (a tab that
+//! dies with it in flight) or wait until resumed (to act meanwhile).
 //!
 //! Clones share state (`Rc<RefCell<..>>`), like connections to one server:
 //! that is how several clients, or one client across restarts, reach the
