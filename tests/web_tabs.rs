@@ -7,7 +7,8 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use dovecote::core::model::{MessageId, ThreadId};
+use dovecote::core::model::MessageId;
+use dovecote::engine::LocalChanges;
 use dovecote::web::tabs::{
     scope_name, Backend, LeaderElection, TabChannel, TabMessage, LEASE_EXPIRY_MS, LEASE_POLL_MS,
     LEASE_RENEW_MS,
@@ -167,12 +168,13 @@ async fn channel_reaches_the_other_tabs_of_its_name_only() {
     let (_b, b_got) = listener(&name);
     let (_c, c_got) = listener(&unique("elsewhere"));
 
-    let thread: ThreadId = "01890a5d-ac96-7b7c-8a3e-1b2c3d4e5f60".parse().unwrap();
     let message: MessageId = "01890a5d-ac96-7b7c-8a3e-1b2c3d4e5f61".parse().unwrap();
     let sent = [
         TabMessage::Wake,
-        TabMessage::Changed { threads: vec![thread], messages: vec![message] },
-        TabMessage::KeysChanged,
+        TabMessage::Changed {
+            changes: LocalChanges { messages: vec![message], threads: true, ..LocalChanges::default() },
+        },
+        TabMessage::Changed { changes: LocalChanges { keys: true, ..LocalChanges::default() } },
         TabMessage::Leader { tab: "t1".into() },
     ];
     for m in &sent {
@@ -204,10 +206,7 @@ async fn channel_ignores_garbage_and_stops_on_drop() {
     raw.post_message(&r#"{"type":"wake"}"#.into()).unwrap();
     // Messages arrive in order: once the wake is in, the junk was seen.
     assert!(within(1_000, || b_got.borrow().len() >= 2).await.is_some());
-    assert_eq!(
-        *b_got.borrow(),
-        [TabMessage::Changed { threads: vec![], messages: vec![] }, TabMessage::Wake]
-    );
+    assert_eq!(*b_got.borrow(), [TabMessage::Changed { changes: LocalChanges::default() }, TabMessage::Wake]);
 
     drop(b);
     raw.post_message(&r#"{"type":"wake"}"#.into()).unwrap();

@@ -59,6 +59,7 @@ type ChangeSink = Rc<dyn Fn(&LocalChanges)>;
 /// the same database: they re-read these and tell their own subscribers
 /// ([`Client::refresh`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LocalChanges {
     /// Messages written.
     pub messages: Vec<MessageId>,

@@ -1,13 +1,14 @@
 //! The JS API: class `ChatClient`, converting between JS values and the
 //! engine's types. Errors become JS `Error` objects with a stable `code`.
 
+use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 
 use js_sys::{Function, Promise};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
-use wasm_bindgen_futures::future_to_promise;
+use wasm_bindgen_futures::{future_to_promise, spawn_local};
 use zeroize::Zeroizing;
 
 use crate::core::model::{InvalidInput, MessageId, ThreadId, UserId};
@@ -18,6 +19,7 @@ use crate::web::driver::{Session, SyncDriver};
 use crate::web::http::ServerUrl;
 use crate::web::idb::IdbStore;
 use crate::web::kek::WebCryptoKek;
+use crate::web::tabs::{scope_name, LeaderElection, TabChannel, TabMessage};
 use crate::web::BrowserClock;
 
 #[wasm_bindgen(typescript_custom_section)]
@@ -226,8 +228,54 @@ pub(crate) type BrowserClient = Client<IdbStore, BrowserClock, WebCryptoKek>;
 #[wasm_bindgen]
 pub struct ChatClient {
     inner: Rc<BrowserClient>,
+    tabs: Rc<Tabs>,
+}
+
+/// What ties this client to the other tabs on its database, and to the
+/// server. Dropped (stopped) on `close()` and when another tab upgrades the
+/// database.
+#[derive(Default)]
+struct Tabs {
     /// The background sync loop, when the client has a server.
-    driver: std::cell::RefCell<Option<Rc<SyncDriver>>>,
+    driver: RefCell<Option<Rc<SyncDriver>>>,
+    /// Whether this tab may run the loop (only with a server).
+    election: RefCell<Option<LeaderElection>>,
+    /// News to and from the other tabs.
+    channel: RefCell<Option<TabChannel>>,
+}
+
+impl Tabs {
+    fn driver(&self) -> Option<Rc<SyncDriver>> {
+        self.driver.borrow().clone()
+    }
+
+    fn post(&self, message: &TabMessage) {
+        if let Some(channel) = self.channel.borrow().as_ref() {
+            let _ = channel.post(message);
+        }
+    }
+
+    /// Local changes: wake the loop that pushes them, here or in the leader.
+    fn wake_leader(&self) {
+        match self.driver() {
+            Some(driver) if driver.is_leader() => driver.wake(),
+            Some(_) => self.post(&TabMessage::Wake),
+            None => {}
+        }
+    }
+
+    /// Another tab has something to push: only a leader acts on it.
+    fn wake_leader_here(&self) {
+        if let Some(driver) = self.driver().filter(|d| d.is_leader()) {
+            driver.wake();
+        }
+    }
+
+    fn stop(&self) {
+        self.election.borrow_mut().take();
+        self.driver.borrow_mut().take();
+        self.channel.borrow_mut().take();
+    }
 }
 
 #[wasm_bindgen]
@@ -262,24 +310,64 @@ impl ChatClient {
             Ok(client) => Rc::new(client),
             Err(e) => return Err(js_error(e)),
         };
-        let driver = server.map(|server| {
+        let tabs = Rc::new(Tabs::default());
+        let scope = scope_name(&options.db_name, &options.user_id);
+        if let Some(server) = server {
             let session = match options.token {
                 Some(token) => Session::Token(token),
                 None => Session::DevSignIn(user),
             };
-            Rc::new(SyncDriver::start(inner.clone(), server, session, true))
-        });
-        if let Some(driver) = &driver {
-            // Every local write wakes the loop (another tab's too, once tabs
-            // relay them).
-            let weak = Rc::downgrade(driver);
-            inner.set_change_sink(move |changes| {
-                if let (true, Some(driver)) = (changes.outbox, weak.upgrade()) {
-                    driver.wake();
+            // Every tab has a loop; only the leader's runs.
+            let driver = Rc::new(SyncDriver::start(inner.clone(), server, session, false));
+            let weak = Rc::downgrade(&driver);
+            *tabs.driver.borrow_mut() = Some(driver);
+            *tabs.election.borrow_mut() = Some(LeaderElection::start(&scope, move |leader| {
+                if let Some(driver) = weak.upgrade() {
+                    driver.set_leader(leader);
                 }
-            });
+            }));
         }
-        Ok(ChatClient { inner, driver: std::cell::RefCell::new(driver) })
+        // Where BroadcastChannel is missing, tabs do not hear each other:
+        // each still sees its own writes, and the leader still syncs all.
+        let client = Rc::downgrade(&inner);
+        let from_tabs = Rc::downgrade(&tabs);
+        *tabs.channel.borrow_mut() = TabChannel::open(&scope, move |message| {
+            let (Some(client), Some(tabs)) = (client.upgrade(), from_tabs.upgrade()) else { return };
+            match message {
+                TabMessage::Wake => tabs.wake_leader_here(),
+                TabMessage::Changed { changes } => {
+                    if changes.outbox {
+                        tabs.wake_leader_here();
+                    }
+                    spawn_local(async move {
+                        let _ = client.refresh(&changes).await;
+                    });
+                }
+                _ => {}
+            }
+        })
+        .ok();
+        let to_tabs = Rc::downgrade(&tabs);
+        inner.set_change_sink(move |changes| {
+            let Some(tabs) = to_tabs.upgrade() else { return };
+            if changes.outbox {
+                tabs.wake_leader();
+            }
+            tabs.post(&TabMessage::Changed { changes: changes.clone() });
+        });
+        // A newer version of the app upgraded the database in another tab:
+        // this one lets go (so the upgrade is not blocked) and tells the UI.
+        let client = Rc::downgrade(&inner);
+        let stopped = Rc::downgrade(&tabs);
+        inner.store().on_version_change(move || {
+            if let Some(tabs) = stopped.upgrade() {
+                tabs.stop();
+            }
+            if let Some(client) = client.upgrade() {
+                client.emit(&ClientEvent::VersionChange);
+            }
+        });
+        Ok(ChatClient { inner, tabs })
     }
 
     /// The user this client acts for.
@@ -375,7 +463,7 @@ impl ChatClient {
     #[wasm_bindgen(js_name = exportThreadInvite, unchecked_return_type = "Promise<string>")]
     pub fn export_thread_invite(&self, #[wasm_bindgen(js_name = threadId)] thread_id: String) -> Promise {
         let inner = self.inner.clone();
-        let driver = self.driver.borrow().clone();
+        let driver = self.tabs.driver();
         future_to_promise(async move {
             let thread_id = parse_thread_id(&thread_id)?;
             // With a server, the code also carries its invite token, which
@@ -498,7 +586,10 @@ impl ChatClient {
     /// in `syncState` and the `sync` event.
     #[wasm_bindgen(js_name = syncNow, unchecked_return_type = "Promise<void>")]
     pub fn sync_now(&self) -> Promise {
-        let driver = self.driver.borrow().clone();
+        let driver = self.tabs.driver();
+        if driver.as_ref().is_some_and(|d| !d.is_leader()) {
+            self.tabs.post(&TabMessage::Wake);
+        }
         future_to_promise(async move {
             if let Some(driver) = driver {
                 driver.sync_now().await.map_err(js_error)?;
@@ -516,7 +607,7 @@ impl ChatClient {
     /// Uses a new session token (after the app's own sign-in).
     #[wasm_bindgen(js_name = setToken)]
     pub fn set_token(&self, token: String) {
-        if let Some(driver) = self.driver.borrow().as_ref() {
+        if let Some(driver) = self.tabs.driver() {
             driver.set_token(&token);
         }
     }
@@ -547,7 +638,7 @@ impl ChatClient {
     /// Closes the client, its sync loop and its database connection. Later
     /// calls fail with code `closed`.
     pub fn close(&self) {
-        self.driver.borrow_mut().take();
+        self.tabs.stop();
         self.inner.close();
         self.inner.store().close();
     }

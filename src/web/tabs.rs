@@ -36,7 +36,7 @@ use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
-use crate::core::model::{MessageId, ThreadId};
+use crate::engine::LocalChanges;
 
 /// How long a lease holds without renewal ([`Backend::Lease`]).
 pub const LEASE_EXPIRY_MS: u32 = 5_000;
@@ -440,7 +440,7 @@ async fn release_lease(shared: &Shared) -> Result<(), idb::Error> {
 }
 
 /// What tabs tell each other. Sent as JSON text with a `type` field, e.g.
-/// `{"type":"changed","threads":[],"messages":["…"]}`. A message a tab does
+/// `{"type":"changed","messages":["…"],"threads":true}`. A message a tab does
 /// not understand (garbage, or a newer version's) is ignored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -448,18 +448,14 @@ async fn release_lease(shared: &Shared) -> Result<(), idb::Error> {
 pub enum TabMessage {
     /// A follower queued mutations: the leader should push now.
     Wake,
-    /// Records changed in the database (pulled by the leader, or their
-    /// status moved): re-read them and notify subscribers.
+    /// A tab wrote to the database (the leader pulled or moved statuses, any
+    /// tab wrote a message or a key): re-read what it names and tell
+    /// subscribers (`Client::refresh`).
     Changed {
-        /// Threads whose record changed or that were added.
-        #[serde(default)]
-        threads: Vec<ThreadId>,
-        /// Messages that changed or were added (each record names its thread).
-        #[serde(default)]
-        messages: Vec<MessageId>,
+        /// What changed.
+        #[serde(flatten)]
+        changes: LocalChanges,
     },
-    /// Thread keys were added or rotated: drop cached keys.
-    KeysChanged,
     /// The sender became the sync leader.
     Leader {
         /// Its [`LeaderElection::tab_id`].
