@@ -3,8 +3,8 @@
 //! user of the SDK would notice. `tests/sync_sim.rs` runs the same parts
 //! under random schedules.
 //!
-//! Tests marked `#[ignore = "engine: ..."]` pin behaviour the simulation
-//! found wrong, for the engine to fix; run them with `--ignored`.
+//! The tests "found by the simulation" pin engine bugs the simulation found
+//! (and that are fixed), so they stay fixed.
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::cell::Cell;
@@ -193,7 +193,6 @@ fn a_refused_message_fails_alone_and_later_ones_still_go() {
 /// in the outbox as two failed rows and shows `failed`; `retry` cannot help
 /// (the Send is refused again) and only `cancel` clears it.
 #[test]
-#[ignore = "engine: a delete queued behind a send that is then refused fails too, instead of withdrawing the message"]
 fn deleting_a_message_whose_send_is_then_refused_leaves_nothing_failed() {
     let mut w = World::new();
     let big = w.send(&oversized());
@@ -215,7 +214,6 @@ fn deleting_a_message_whose_send_is_then_refused_leaves_nothing_failed() {
 /// body again (and the Edit, refused again): it can never succeed. Only
 /// editing once more (which rewrites the failed Send) gets it through.
 #[test]
-#[ignore = "engine: retry of a refused send resends its old body, not the text the user edited it to meanwhile"]
 fn retrying_a_refused_send_edited_while_in_doubt_sends_the_edited_text() {
     let mut w = World::new();
     let big = w.send(&oversized());
@@ -239,7 +237,6 @@ fn retrying_a_refused_send_edited_while_in_doubt_sends_the_edited_text() {
 /// pulls) at once. The simulation counts such early requests
 /// (`before_retry_after`); in-memory holds are also forgotten on restart.
 #[test]
-#[ignore = "engine: Retry-After on a pull is not honoured by the next round"]
 fn a_retry_after_on_a_pull_holds_the_next_round() {
     let mut w = World::new();
     w.net.set_faults(Faults { rate_limit: 100, ..Faults::NONE });
@@ -256,7 +253,6 @@ fn a_retry_after_on_a_pull_holds_the_next_round() {
 /// reports an error for a change it did make (a UI would show the edit as
 /// failed, and the user would type it again).
 #[test]
-#[ignore = "engine: edit returns in_flight after storing the edit, when its automatic retry is refused"]
 fn an_edit_made_while_an_older_edit_is_in_flight_does_not_report_an_error_it_did_not_have() {
     let mut w = World::new();
     let big = w.send(&oversized());

@@ -98,6 +98,8 @@ struct Device {
     store: MemoryStore,
     transport: FakeTransport,
     tabs: Vec<Rc<Tab>>,
+    /// Seeds the random source of each client opened on this device.
+    rng_seed: Cell<u64>,
 }
 
 impl Device {
@@ -109,7 +111,16 @@ impl Device {
             self.user.clone(),
             None,
         );
-        Rc::new(run(open).unwrap_or_else(|e| panic!("{} could not open: {e}", self.name)))
+        let tab = run(open).unwrap_or_else(|e| panic!("{} could not open: {e}", self.name));
+        // Ids and backoff jitter from the seed: a failing seed replays exactly.
+        let mut rng = SimRng::new(self.rng_seed.get());
+        self.rng_seed.set(self.rng_seed.get().wrapping_add(1));
+        tab.set_random_source(move |bytes| {
+            for chunk in bytes.chunks_mut(8) {
+                chunk.copy_from_slice(&rng.next_u64().to_le_bytes()[..chunk.len()]);
+            }
+        });
+        Rc::new(tab)
     }
 
     fn leader(&self) -> &Tab {
@@ -184,7 +195,8 @@ impl Sim {
             let mut kek = [0u8; 32];
             kek[..8].copy_from_slice(&(seed * 8 + n).to_le_bytes());
             let transport = FakeTransport::new(&server, user.clone(), seed.wrapping_mul(31).wrapping_add(n));
-            Device { name, user, kek, store: MemoryStore::new(), transport, tabs: Vec::new() }
+            let rng_seed = Cell::new(seed.wrapping_mul(1_000_003).wrapping_add(n << 32));
+            Device { name, user, kek, store: MemoryStore::new(), transport, tabs: Vec::new(), rng_seed }
         };
         let devices =
             vec![device(1, "laptop", "alice"), device(2, "phone", "alice"), device(3, "bob", "bob")];
@@ -582,6 +594,19 @@ impl Sim {
         let seed = self.seed;
         let on_server: BTreeMap<MessageId, _> =
             self.server.messages().into_iter().map(|m| (m.id, m)).collect();
+
+        // Deleted by the user while the server refused its send: the engine
+        // withdraws it (nothing to deliver, nothing to delete); its device
+        // must show it `cancelled` (checked below).
+        let auto: Vec<MessageId> = self
+            .written
+            .iter()
+            .filter(|(id, w)| !w.withdrawn && w.deleted && w.refused && !on_server.contains_key(*id))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in auto {
+            self.written.get_mut(&id).unwrap().withdrawn = true;
+        }
 
         // Lost or made up, on the server.
         for (id, w) in &self.written {

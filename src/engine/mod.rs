@@ -95,6 +95,9 @@ pub struct Client<S: Store, C: Clock, W: KeyWrapper> {
     /// One sync round at a time.
     round_lock: tokio::sync::Mutex<()>,
     sync: RefCell<sync::SyncMemory>,
+    /// Where ids and backoff jitter get their randomness; the platform's by
+    /// default, a seeded one in deterministic simulations.
+    random_source: RefCell<Option<Box<dyn FnMut(&mut [u8])>>>,
 }
 
 /// Fresh random bytes from the platform (crypto.getRandomValues in browsers).
@@ -173,6 +176,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             write_lock: tokio::sync::Mutex::new(()),
             round_lock: tokio::sync::Mutex::new(()),
             sync: RefCell::default(),
+            random_source: RefCell::default(),
         })
     }
 
@@ -200,7 +204,25 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
     }
 
     fn new_id(&self) -> Id {
-        self.ids.next(self.clock.now(), random())
+        self.ids.next(self.clock.now(), self.random_bytes())
+    }
+
+    /// Draws ids and backoff jitter from `source` instead of the platform:
+    /// for simulations whose failures must replay exactly from a seed.
+    /// Key material and nonces always come from the platform.
+    pub fn set_random_source(&self, source: impl FnMut(&mut [u8]) + 'static) {
+        *self.random_source.borrow_mut() = Some(Box::new(source));
+    }
+
+    fn random_bytes<const N: usize>(&self) -> [u8; N] {
+        match self.random_source.borrow_mut().as_mut() {
+            Some(source) => {
+                let mut bytes = [0u8; N];
+                source(&mut bytes);
+                bytes
+            }
+            None => random(),
+        }
     }
 
     /// Creates a thread with a fresh key; `members` besides the caller.

@@ -7,7 +7,7 @@
 //! (`Write::Expect`). If another tab changed them meanwhile, the write is
 //! refused as a whole and the step starts again from a fresh read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::core::envelope::{Aad, SealKind};
 use crate::core::model::{
@@ -49,7 +49,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         extra: Vec<Write>,
     ) -> Result<Applied> {
         let mut writes = Vec::new();
-        let mut expected = std::collections::HashSet::new();
+        let mut expected = HashSet::new();
         let mut expect = |writes: &mut Vec<Write>, id: u64| {
             if expected.insert(id) {
                 if let Some(row) = snapshot.iter().find(|m| m.mutation_id == id) {
@@ -60,6 +60,17 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         let mut touched: BTreeMap<MessageId, MessageRecord> =
             records.into_iter().map(|r| (r.id, r)).collect();
         let mut applied = Applied::default();
+        // Messages whose send the server refused: they are not on the server.
+        let mut refused: HashSet<MessageId> = snapshot
+            .iter()
+            .filter(|m| matches!(m.state, MutationState::Failed { .. }))
+            .filter_map(|m| match m.body {
+                MutationBody::Send { message_id, .. } => Some(message_id),
+                _ => None,
+            })
+            .collect();
+        // Refused sends of messages the user deleted meanwhile: withdrawn.
+        let mut withdrawn = Vec::new();
         for decision in decisions {
             match decision {
                 Decision::Put(row) => {
@@ -98,6 +109,31 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                     let mut sync = self.sync.borrow_mut();
                     sync.hold_until = sync.hold_until.max(until);
                 }
+                // A send refused for good, of a message the user deleted
+                // while the send was in doubt: nothing of it is on the
+                // server, so it ends withdrawn (`cancelled`), not failed.
+                Decision::Failed { mutation_id, body: MutationBody::Send { message_id, .. }, .. } => {
+                    refused.insert(message_id);
+                    if let Some(record) = self.touch(&mut touched, message_id).await? {
+                        if record.deleted {
+                            writes.push(Write::RemoveMutation(mutation_id));
+                            record.status = MessageStatus::Cancelled;
+                            applied.status_changed.push(message_id);
+                            withdrawn.push(message_id);
+                        }
+                    }
+                }
+                // An edit or delete of a message whose send was refused finds
+                // nothing on the server: the local record already holds the
+                // change (a retry sends the edited text), so the row goes.
+                Decision::Failed {
+                    mutation_id,
+                    body: MutationBody::Edit { message_id, .. } | MutationBody::Delete { message_id, .. },
+                    code,
+                    ..
+                } if code == "not_found" && refused.contains(&message_id) => {
+                    writes.push(Write::RemoveMutation(mutation_id));
+                }
                 // Delete wins: an edit refused because the message was
                 // deleted meanwhile is dropped, not left to retry, and the
                 // message shows deleted at once (the pull confirms it).
@@ -120,6 +156,15 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                 // and the outbox listing (every kind); applied mutations
                 // through the pull that follows.
                 Decision::Applied { .. } | Decision::Failed { .. } => {}
+            }
+        }
+        // Whatever else waits about a withdrawn message goes too.
+        for message_id in withdrawn {
+            for row in snapshot.iter().filter(|m| m.body.message_id() == Some(message_id)) {
+                if row.state != MutationState::Sending {
+                    expect(&mut writes, row.mutation_id);
+                    writes.push(Write::RemoveMutation(row.mutation_id));
+                }
             }
         }
         writes.extend(touched.values().cloned().map(Write::PutMessage));
@@ -164,7 +209,9 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
     pub(super) fn announce_here(&self, applied: &Applied) {
         let mut by_thread: BTreeMap<_, Vec<Message>> = BTreeMap::new();
         for record in &applied.messages {
-            let status_changed = applied.status_changed.contains(&record.id);
+            // Views are decrypted only for someone who listens.
+            let status_changed =
+                applied.status_changed.contains(&record.id) && !self.listeners.borrow().is_empty();
             if !status_changed && !self.has_subscribers(record.thread_id) {
                 continue;
             }
@@ -250,8 +297,11 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         // fixes it: the new text goes, without a separate retry.
         if matches!(applied.messages.iter().find(|r| r.id == message_id), Some(r) if matches!(r.status, MessageStatus::Failed { recoverable: false, .. }))
         {
+            // The edit is stored either way; a refused retry (say, an older
+            // edit of it is in flight) leaves the message for the user to
+            // retry, and is not an error of this edit.
             match self.retry(message_id).await {
-                Ok(()) | Err(Error::Refused(Refusal::NotFailed)) => {}
+                Ok(()) | Err(Error::Refused(_)) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -295,12 +345,46 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         self.check_open()?;
         let applied = self
             .step(async |outbox| {
-                let decisions = outbox::retry(&outbox, message_id, self.clock.now())?;
-                self.apply_decisions(&outbox, decisions, Vec::new(), Vec::new()).await
+                let mut decisions = outbox::retry(&outbox, message_id, self.clock.now())?;
+                let mut records = Vec::new();
+                // A send refused after the user edited the message (while the
+                // send was in doubt) goes again with the edited text: nothing
+                // of it is on the server, so the edit becomes the send.
+                let record = self.store.message(message_id).await?;
+                let resends = decisions.iter().any(|d| is_send_of(d, message_id));
+                if let Some(mut record) = record.filter(|r| r.edited && r.seq.is_none() && resends) {
+                    if let Some(body) = self.reseal_as_send(&record)? {
+                        for decision in &mut decisions {
+                            if let Decision::Enqueue(row) = decision {
+                                if let MutationBody::Send { message_id: id, body: sent, .. } = &mut row.body {
+                                    if *id == message_id {
+                                        *sent = body.clone();
+                                    }
+                                }
+                            }
+                        }
+                        decisions.retain(|d| !is_edit_of(d, message_id));
+                        record.body = Some(body);
+                        record.edited = false;
+                        records.push(record);
+                    }
+                }
+                self.apply_decisions(&outbox, decisions, records, Vec::new()).await
             })
             .await?;
         self.announce(&applied);
         Ok(())
+    }
+
+    /// The text of an edited, never-sent message sealed as a send.
+    fn reseal_as_send(&self, record: &MessageRecord) -> Result<Option<crate::core::envelope::Envelope>> {
+        let Some(body) = &record.body else { return Ok(None) };
+        let me = &self.device.user_id;
+        let edit =
+            Aad { thread_id: record.thread_id, message_id: record.id.0, sender: me, kind: SealKind::Edit };
+        let Ok(text) = self.keys.borrow().open(&edit, body).map(|t| t.to_vec()) else { return Ok(None) };
+        let send = Aad { kind: SealKind::Send, ..edit };
+        Ok(Some(self.seal(&send, &text)?))
     }
 
     /// Withdraws a message that is queued or failed: it is never sent and
@@ -371,4 +455,14 @@ impl From<Refusal> for Error {
     fn from(refusal: Refusal) -> Self {
         Error::Refused(refusal)
     }
+}
+
+fn is_send_of(decision: &Decision, message_id: MessageId) -> bool {
+    matches!(decision, Decision::Enqueue(row)
+        if matches!(row.body, MutationBody::Send { message_id: id, .. } if id == message_id))
+}
+
+fn is_edit_of(decision: &Decision, message_id: MessageId) -> bool {
+    matches!(decision, Decision::Enqueue(row)
+        if matches!(row.body, MutationBody::Edit { message_id: id, .. } if id == message_id))
 }

@@ -22,7 +22,7 @@ use crate::core::sync::{
 use crate::ports::{Clock, KeyWrapper, Store, StoreError, Transport, Write};
 
 use super::views::ErrorInfo;
-use super::{random, Client, ClientEvent, Error, Result, SyncState};
+use super::{Client, ClientEvent, Error, Result, SyncState};
 
 /// The metadata key of the main pull cursor.
 const META_CURSOR: &str = "cursor";
@@ -153,6 +153,12 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
 
     async fn round<T: Transport>(&self, transport: &T) -> Result<RoundReport> {
         let mut report = RoundReport::default();
+        // The server asked for quiet (`Retry-After`): not a request before then.
+        let hold_until = self.sync.borrow().hold_until;
+        if self.clock.now() < hold_until {
+            report.next_wake = Some(hold_until);
+            return Ok(report);
+        }
         if !self.sync.borrow().recovered {
             let now = self.clock.now();
             let applied = self
@@ -227,7 +233,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         report.pushed += batch.len();
 
         let now = self.clock.now();
-        let jitter = u64::from_le_bytes(random());
+        let jitter = u64::from_le_bytes(self.random_bytes());
         let applied = self
             .step(async |rows| {
                 let decisions = match &result {
@@ -266,7 +272,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             let request = PullRequest { cursor, limit: PULL_LIMIT, thread: None };
             let response = match transport.pull(&request).await {
                 Ok(response) => response,
-                Err(failure) => return Ok(Some(failure_info(&failure))),
+                Err(failure) => return Ok(Some(self.pull_failed(&failure))),
             };
             if let Err(why) = check_page(&request, &response) {
                 return Ok(Some(ErrorInfo { code: "protocol".into(), message: why }));
@@ -288,7 +294,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                         self.apply_page(&PullResponse::empty(cursor), Some(thread)).await?;
                         break;
                     }
-                    Err(failure) => return Ok(Some(failure_info(&failure))),
+                    Err(failure) => return Ok(Some(self.pull_failed(&failure))),
                 };
                 if let Err(why) = check_page(&request, &response) {
                     return Ok(Some(ErrorInfo { code: "protocol".into(), message: why }));
@@ -302,6 +308,17 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             }
         }
         Ok(None)
+    }
+
+    /// A failed pull: remembers a `Retry-After` (it holds pushes too: the
+    /// limit is the user's) and says why the round stopped.
+    fn pull_failed(&self, failure: &TransportFailure) -> ErrorInfo {
+        if let TransportFailure::Status { retry_after: Some(wait), .. } = failure {
+            let until = self.clock.now().saturating_add(*wait);
+            let mut sync = self.sync.borrow_mut();
+            sync.hold_until = sync.hold_until.max(until);
+        }
+        failure_info(failure)
     }
 
     async fn cursor(&self) -> Result<u64> {
