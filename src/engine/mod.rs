@@ -54,6 +54,7 @@ pub struct SubscriptionId(u64);
 type Callback = Rc<dyn Fn(&ThreadChange)>;
 type EventCallback = Rc<dyn Fn(&ClientEvent)>;
 type ChangeSink = Rc<dyn Fn(&LocalChanges)>;
+type RandomSource = Box<dyn FnMut(&mut [u8])>;
 
 /// What one step of this client changed in the store, for other tabs on
 /// the same database: they re-read these and tell their own subscribers
@@ -97,7 +98,7 @@ pub struct Client<S: Store, C: Clock, W: KeyWrapper> {
     sync: RefCell<sync::SyncMemory>,
     /// Where ids and backoff jitter get their randomness; the platform's by
     /// default, a seeded one in deterministic simulations.
-    random_source: RefCell<Option<Box<dyn FnMut(&mut [u8])>>>,
+    random_source: RefCell<Option<RandomSource>>,
 }
 
 /// Fresh random bytes from the platform (crypto.getRandomValues in browsers).
