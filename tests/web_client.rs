@@ -145,6 +145,10 @@ async fn bad_input_gets_a_typed_error_and_writes_nothing() {
         ("invalid_input", client.create_thread(js(&json!({ "title": "ok", "members": [""] })))),
         ("invalid_input", client.create_thread(js(&json!({ "name": "wrong field" })))),
         ("invalid_input", client.messages(t.clone(), js(&json!({ "limit": "ten" })))),
+        ("invalid_input", client.messages(t.clone(), js(&json!({ "limt": 5 })))),
+        ("invalid_input", client.edit("not-an-id".into(), "hi".into())),
+        ("not_found", client.delete("01900000-0000-7000-8000-000000000000".into())),
+        ("not_queued", client.cancel("01900000-0000-7000-8000-000000000000".into())),
         (
             "not_found",
             client.messages(t.clone(), js(&json!({ "before": "01900000-0000-7000-8000-000000000000" }))),
@@ -185,6 +189,10 @@ async fn bad_open_options_and_another_users_database_are_refused() {
         json!({ "dbName": "x" }),
         json!({ "dbName": "", "userId": "a" }),
         json!({ "dbName": "x", "userId": "" }),
+        // A typo is refused, not silently ignored (the client would never sync).
+        json!({ "dbName": "x", "userId": "a", "servrUrl": "http://127.0.0.1:1" }),
+        json!({ "dbName": "x", "userId": "a", "serverUrl": "ftp://example.org" }),
+        json!({ "dbName": "x", "userId": "a", "serverUrl": "not a url" }),
     ] {
         let error = ChatClient::open(js(&options)).await.err().expect("refused");
         assert!(

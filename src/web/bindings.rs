@@ -182,13 +182,24 @@ fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
         .map_err(|e| js_error(Error::Seal(format!("could not convert a result: {e}"))))
 }
 
-fn from_js<T: DeserializeOwned>(value: JsValue, what: &str) -> Result<T, JsValue> {
-    serde_wasm_bindgen::from_value(value).map_err(|e| {
-        let js = js_sys::Error::new(&format!("invalid {what}: {e}"));
+/// Reads an options object. Unknown fields are refused: serde-wasm-bindgen
+/// only looks up the fields it knows, so a typo (`servrUrl`) would otherwise
+/// be silently ignored.
+fn from_js<T: DeserializeOwned>(value: JsValue, what: &str, fields: &[&str]) -> Result<T, JsValue> {
+    let refuse = |why: String| {
+        let js = js_sys::Error::new(&format!("invalid {what}: {why}"));
         js.set_name("DovecoteError");
         let _ = js_sys::Reflect::set(&js, &"code".into(), &"invalid_input".into());
-        js.into()
-    })
+        JsValue::from(js)
+    };
+    if let Some(object) = value.dyn_ref::<js_sys::Object>().filter(|_| !value.is_function()) {
+        for key in js_sys::Object::keys(object).iter().filter_map(|k| k.as_string()) {
+            if !fields.contains(&key.as_str()) {
+                return Err(refuse(format!("unknown field `{key}`, expected one of {}", fields.join(", "))));
+            }
+        }
+    }
+    serde_wasm_bindgen::from_value(value).map_err(|e| refuse(e.to_string()))
 }
 
 fn parse_thread_id(id: &str) -> Result<ThreadId, JsValue> {
@@ -284,7 +295,11 @@ impl ChatClient {
     pub async fn open(
         #[wasm_bindgen(unchecked_param_type = "OpenOptions")] options: JsValue,
     ) -> Result<ChatClient, JsValue> {
-        let mut options: OpenOptions = from_js(options, "options")?;
+        let mut options: OpenOptions = from_js(
+            options,
+            "options",
+            &["dbName", "userId", "deviceName", "passphrase", "serverUrl", "token"],
+        )?;
         // Wiped when this function returns, however it returns.
         let passphrase = Zeroizing::new(options.passphrase.take());
         let user = UserId::parse(&options.user_id).map_err(|e| js_error(e.into()))?;
@@ -390,7 +405,7 @@ impl ChatClient {
     ) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
-            let options: CreateThreadOptions = from_js(options, "thread options")?;
+            let options: CreateThreadOptions = from_js(options, "thread options", &["title", "members"])?;
             let thread = inner.create_thread(&options.title, &options.members).await.map_err(js_error)?;
             to_js(&thread)
         })
@@ -427,7 +442,7 @@ impl ChatClient {
             let options: PageOptions = if options.is_undefined() || options.is_null() {
                 PageOptions::default()
             } else {
-                from_js(options, "page options")?
+                from_js(options, "page options", &["before", "limit"])?
             };
             let before = match options.before {
                 Some(id) => {
