@@ -420,7 +420,8 @@ impl Sim {
         self.server.set_now(now);
     }
 
-    fn round(&mut self, d: usize) {
+    /// One sync round of device `d`; whether it finished without a failure.
+    fn round(&mut self, d: usize) -> bool {
         let device = &self.devices[d];
         let report = run(device.leader().sync_round(&device.transport)).unwrap_or_else(|e| self.fail(e));
         self.log(format!(
@@ -431,6 +432,7 @@ impl Sim {
             report.failure.as_ref().map(|f| &f.code)
         ));
         self.totals.rounds += 1;
+        report.failure.is_none()
     }
 
     /// The leader tab goes away: closed, reloaded or crashed. Another tab
@@ -518,7 +520,9 @@ impl Sim {
             500..=519 => self.cancel_some(d),
             520..=539 => self.fix_failed(d, false),
             540..=659 => self.advance(),
-            660..=819 => self.round(d),
+            660..=819 => {
+                self.round(d);
+            }
             820..=849 => {
                 let faults = [Faults::NONE, Faults::CHAOS, STORM][self.rng.below(3) as usize];
                 self.log(format!("{} network: {faults:?}", self.devices[d].name));
@@ -574,12 +578,20 @@ impl Sim {
             let waiting: usize =
                 self.devices.iter().map(|device| run(device.leader().outbox()).unwrap().len()).sum();
             if waiting == 0 {
-                // One more round each, so every device pulls what the others pushed last.
-                for d in 0..self.devices.len() {
-                    self.round(d);
+                // Rounds until each device has pulled what the others pushed
+                // last, in full: a round held by a Retry-After pulls nothing.
+                for _ in 0..5 {
+                    let mut clean = true;
+                    for d in 0..self.devices.len() {
+                        clean &= self.round(d);
+                    }
+                    if clean {
+                        self.log(format!("healed after {pass} passes"));
+                        return;
+                    }
+                    self.set_time(self.clock.now() + 61_000);
                 }
-                self.log(format!("healed after {pass} passes"));
-                return;
+                self.fail("rounds still fail after the outboxes drained".to_string());
             }
             // Past every backoff (cap 60 s) and Retry-After (at most 30 s).
             self.set_time(self.clock.now() + 61_000);

@@ -157,6 +157,10 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         let hold_until = self.sync.borrow().hold_until;
         if self.clock.now() < hold_until {
             report.next_wake = Some(hold_until);
+            report.failure = Some(ErrorInfo {
+                code: "rate_limited".into(),
+                message: format!("the server asked to wait until {hold_until} (Retry-After)"),
+            });
             return Ok(report);
         }
         if !self.sync.borrow().recovered {
