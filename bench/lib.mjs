@@ -170,3 +170,45 @@ export function summarize(samples, unit, extra = {}) {
 export async function profileMark(command) {
   if (window.benchProfile) await window.benchProfile(command);
 }
+
+/**
+ * The reference sync server, started and stopped by bench/run.mjs on the
+ * page's request: `start()` gives `{ id, url }` (a new server with a new
+ * SQLite file on a free loopback port), `log(id)` and `stop(id)` its request
+ * tally `{ "POST /v1/push 200": { count, handlerMs }, ... }`. `available`
+ * is false when the runner could not build the server.
+ */
+export const syncServer = {
+  get available() {
+    return typeof window.benchServer === "function";
+  },
+  start: () => window.benchServer("start"),
+  log: (id) => window.benchServer("log", id),
+  stop: (id) => window.benchServer("stop", id),
+};
+
+/** Signs in as `user` with the server's dev-only session endpoint; the token. */
+export async function signIn(url, user) {
+  const response = await fetch(`${url}/v1/session`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ user }),
+  });
+  if (!response.ok) throw new Error(`sign-in as ${user}: ${response.status}`);
+  return (await response.json()).token;
+}
+
+/**
+ * The page's fetches so far whose URL contains `part`, oldest first, as
+ * resource timing entries (startTime = fetch() called, responseEnd = last
+ * byte in; both on performance.now()'s clock). Call `resetRequests()` first.
+ */
+export function requests(part) {
+  return performance.getEntriesByType("resource").filter((e) => e.name.includes(part)).sort((a, b) => a.startTime - b.startTime);
+}
+
+/** Forgets earlier resource timing entries and makes room for many. */
+export function resetRequests() {
+  performance.setResourceTimingBufferSize(100_000);
+  performance.clearResourceTimings();
+}

@@ -4,6 +4,12 @@
 //   node bench/run.mjs [workload ...]          (default: all)
 //   node bench/run.mjs --profile <workload>    CPU profile of one workload
 //
+// The sync workloads (drain, pull10k) also need the reference server: this
+// runner builds it (`cargo build --release -p dovecote-server`, in
+// $CARGO_TARGET_DIR or target/) and lets the page start and stop copies of
+// it, each on a free loopback port with a new SQLite file in a temporary
+// directory (window.benchServer; see startSyncServer below).
+//
 // The pages are served from the repo root on 127.0.0.1, cross-origin
 // isolated (COOP + COEP), which gives performance.now() 5 µs resolution
 // instead of 100 µs. Chromium runs on an on-disk profile in a temporary
@@ -11,7 +17,7 @@
 // IndexedDB lives in memory, which would flatter every store alike.
 // Each workload runs in a new page; within it, the contenders take turns.
 // Ratio = dovecote median / reference median; lower is better.
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { createReadStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { cpus, tmpdir } from "node:os";
@@ -21,7 +27,9 @@ import { chromium } from "playwright-core";
 
 const root = new URL("../", import.meta.url).pathname;
 const out = join(root, "bench/results/");
-const ALL = ["cold", "send", "burst", "ingest", "open_thread", "boundary", "crypto"];
+const ALL = ["cold", "send", "burst", "ingest", "open_thread", "boundary", "crypto", "drain", "pull10k"];
+/** Workloads that run against the reference sync server. */
+const WITH_SERVER = new Set(["drain", "pull10k"]);
 const TIMEOUT_MS = 10 * 60_000;
 
 const args = process.argv.slice(2);
@@ -191,6 +199,86 @@ function summarizeProfiles(profiles) {
   ].join("\n");
 }
 
+const serverBin = process.env.DOVECOTE_SERVER_BIN ?? join(process.env.CARGO_TARGET_DIR ?? join(root, "target"), "release/dovecote-server");
+/** Builds the server (release profile) when a chosen workload needs it; false if that fails. */
+function buildServer() {
+  if (process.env.DOVECOTE_SERVER_BIN) return existsSync(serverBin);
+  try {
+    execFileSync("cargo", ["build", "--release", "-p", "dovecote-server"], { cwd: root, stdio: ["ignore", 2, 2] });
+    return existsSync(serverBin);
+  } catch (e) {
+    console.error(`could not build dovecote-server: ${e.message}`);
+    return false;
+  }
+}
+
+const syncServers = new Map();
+let syncServerCounter = 0;
+/**
+ * Starts dovecote-server on a free loopback port with a new SQLite file
+ * (the server's defaults otherwise: synchronous=FULL, 500 mutations and
+ * 256 KiB per push, 6,000 requests per user per minute) and tallies its
+ * request log (method, path, status, handler ms) from stderr.
+ */
+async function startSyncServer() {
+  const dir = mkdtempSync(join(tmpdir(), "dovecote-bench-server-"));
+  const child = spawn(serverBin, ["--db", join(dir, "db.sqlite3"), "--addr", "127.0.0.1:0"], { stdio: ["ignore", "pipe", "pipe"] });
+  const requests = {};
+  let pending = "";
+  child.stderr.on("data", (chunk) => {
+    pending += chunk.toString();
+    const lines = pending.split("\n");
+    pending = lines.pop();
+    for (const line of lines) {
+      const m = /^(GET|POST|OPTIONS|PUT|DELETE) (\S+) (\d{3}) ([\d.]+)ms$/.exec(line.trim());
+      if (!m) continue;
+      const key = `${m[1]} ${m[2]} ${m[3]}`;
+      const entry = (requests[key] ??= { count: 0, handlerMs: 0 });
+      entry.count += 1;
+      entry.handlerMs += Number(m[4]);
+    }
+  });
+  const url = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("dovecote-server did not start in 10 s")), 10_000);
+    child.once("exit", (code) => reject(new Error(`dovecote-server exited with ${code}`)));
+    child.stdout.on("data", (chunk) => {
+      const match = /listening on (http:\/\/\S+)/.exec(chunk.toString());
+      if (match) {
+        clearTimeout(timer);
+        resolve(match[1]);
+      }
+    });
+  });
+  syncServerCounter += 1;
+  const id = syncServerCounter;
+  const stop = async () => {
+    syncServers.delete(id);
+    if (child.exitCode === null) {
+      child.kill("SIGTERM");
+      await new Promise((resolve) => (child.exitCode !== null ? resolve() : child.once("exit", resolve)));
+    }
+    rmSync(dir, { recursive: true, force: true });
+    return requests;
+  };
+  syncServers.set(id, { stop, requests });
+  return { id, url };
+}
+
+/** What the page may ask of the sync servers: start, log (the request tally so far), stop. */
+async function benchServer(command, id) {
+  if (command === "start") return startSyncServer();
+  const server = syncServers.get(id);
+  if (!server) throw new Error(`no sync server ${id}`);
+  if (command === "log") return structuredClone(server.requests);
+  if (command === "stop") return server.stop();
+  throw new Error(`unknown server command ${command}`);
+}
+
+async function stopSyncServers() {
+  await Promise.all([...syncServers.values()].map((s) => s.stop()));
+}
+
+const serverBuilt = chosen.some((n) => WITH_SERVER.has(n)) && buildServer();
 mkdirSync(out, { recursive: true });
 const server = await serve();
 const base = `http://127.0.0.1:${server.address().port}`;
@@ -208,6 +296,7 @@ try {
 async function openPage() {
   const page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT_MS);
+  if (serverBuilt) await page.exposeFunction("benchServer", benchServer);
   page.on("pageerror", (e) => console.error(`page error: ${e.message}`));
   await page.goto(`${base}/bench/index.html`);
   await page.waitForSelector("body[data-ready=true]", { state: "attached" });
@@ -224,6 +313,7 @@ try {
   if (profile) {
     const page = await context.newPage();
     page.setDefaultTimeout(TIMEOUT_MS);
+    if (serverBuilt) await page.exposeFunction("benchServer", benchServer);
     const session = await context.newCDPSession(page);
     await session.send("Profiler.enable");
     await session.send("Profiler.setSamplingInterval", { interval: 50 });
@@ -251,6 +341,7 @@ try {
       const page = await openPage();
       const result = await page.evaluate((n) => window.runWorkload(n), name);
       await page.close();
+      await stopSyncServers();
       if (result.skipped) {
         skipped[name] = result.skipped;
         console.error(`${name}: skipped: ${result.skipped}`);
@@ -284,6 +375,7 @@ try {
     console.log(md);
   }
 } finally {
+  await stopSyncServers();
   await context.close();
   server.close();
   rmSync(profileDir, { recursive: true, force: true });

@@ -2,7 +2,8 @@
 //! published package): the envelope seal and open as the SDK does them, a
 //! fast way to fill a thread with sealed messages through the real store,
 //! applying a pulled page, the three ways of handing a page of messages to
-//! JS, and a timing split of reading a page.
+//! JS, a timing split of reading a page, and the push requests that fill a
+//! thread on a sync server.
 
 use js_sys::{Array, Object, Reflect};
 use wasm_bindgen::prelude::*;
@@ -10,9 +11,11 @@ use wasm_bindgen::prelude::*;
 use crate::core::envelope::{Aad, SealKind};
 use crate::core::keys::{Invite, KeyRing, ThreadKey};
 use crate::core::model::{
-    display_order, Id, MessageId, MessageRecord, MessageStatus, Millis, ThreadId, UserId,
+    display_order, DeviceId, Id, MessageId, MessageRecord, MessageStatus, Millis, ThreadId, UserId,
 };
-use crate::core::sync::{Change, PullResponse, ServerMessage, PROTOCOL_VERSION};
+use crate::core::sync::{
+    Change, MutationBody, PullResponse, PushMutation, PushRequest, ServerMessage, PROTOCOL_VERSION,
+};
 use crate::engine::{random, Client, Message};
 use crate::ports::{Store, Write};
 use crate::web::idb::IdbStore;
@@ -134,6 +137,68 @@ pub async fn bench_fill(
     .await;
     store.close();
     result
+}
+
+/// The bodies of the `POST /v1/push` requests with which one device of
+/// `sender` creates the thread of `invite` (title sealed with its key) and
+/// sends `count` messages to it, `batch` mutations per push, as its outbox
+/// would push them: the same protocol JSON, envelopes sealed by the same
+/// code. Message `n` (from 0) has the text `body_text(n, body_len)`.
+/// Posting these fills a server in about a second, where sending 10,000
+/// messages through a client's outbox takes a minute.
+#[wasm_bindgen(js_name = benchSeedPushes)]
+pub fn bench_seed_pushes(
+    invite: String,
+    sender: String,
+    count: u32,
+    #[wasm_bindgen(js_name = bodyLen)] body_len: usize,
+    batch: u32,
+) -> Result<Vec<String>, JsError> {
+    let invite = Invite::decode(&invite)?;
+    let thread_id = invite.thread_id;
+    let mut ring = KeyRing::new();
+    ring.insert(thread_id, invite.key, 0, true)?;
+    let sender = UserId::parse(&sender).map_err(js_error)?;
+    let device_id = DeviceId::from_parts(js_sys::Date::now() as Millis, random());
+    let start = js_sys::Date::now() as Millis - Millis::from(count);
+    let title_aad = Aad { thread_id, message_id: thread_id.0, sender: &sender, kind: SealKind::ThreadTitle };
+    let mut bodies = vec![MutationBody::CreateThread {
+        thread_id,
+        title: ring.seal(&title_aad, b"Seeded")?,
+        members: Vec::new(),
+        created_at: start,
+    }];
+    for n in 0..u64::from(count) {
+        let ts = start + n as Millis;
+        let message_id = MessageId(Id::from_parts(ts, random()));
+        let aad = Aad { thread_id, message_id: message_id.0, sender: &sender, kind: SealKind::Send };
+        let body = ring.seal(&aad, body_text(n, body_len).as_bytes())?;
+        bodies.push(MutationBody::Send { thread_id, message_id, body, client_ts: ts });
+    }
+    let mut mutation_id = 0;
+    bodies
+        .chunks(batch.max(1) as usize)
+        .map(|chunk| {
+            let mutations = chunk
+                .iter()
+                .map(|body| {
+                    mutation_id += 1;
+                    PushMutation { mutation_id, body: body.clone() }
+                })
+                .collect();
+            let request = PushRequest { protocol: PROTOCOL_VERSION, device_id, mutations };
+            serde_json::to_string(&request).map_err(js_error)
+        })
+        .collect()
+}
+
+/// `invite` with the server's invite token added, as `exportThreadInvite`
+/// makes it with a server.
+#[wasm_bindgen(js_name = benchInviteWithToken)]
+pub fn bench_invite_with_token(invite: String, token: String) -> Result<String, JsError> {
+    let mut invite = Invite::decode(&invite)?;
+    invite.server_invite = Some(token);
+    Ok(invite.encode())
 }
 
 /// Text of `len` bytes, different per message.
