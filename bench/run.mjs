@@ -330,7 +330,9 @@ try {
     const rawFile = join(tmpdir(), `dovecote-profile-${profile}.cpuprofile`);
     writeFileSync(rawFile, JSON.stringify(profiles[profiles.length - 1]));
     console.log(text);
-    console.log(`the last window's raw profile: ${rawFile} (open in Chrome DevTools)`);
+    const allFile = join(tmpdir(), `dovecote-profile-${profile}-windows.json`);
+    writeFileSync(allFile, JSON.stringify(profiles));
+    console.log(`the last window's raw profile: ${rawFile} (open in Chrome DevTools); every window's: ${allFile}`);
   } else {
     const durability = await page0.evaluate(() => window.runWorkload("durability"));
     await page0.close();

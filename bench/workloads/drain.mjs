@@ -86,10 +86,17 @@ async function dovecote(capture) {
   await settle();
   await deleteDb(dbName);
   const first = pushes[0].startTime;
+  const last = pushes[pushes.length - 1];
   return {
     ms: ackedAt - first,
+    // Where the time goes: requests out (network + server), the client's
+    // work between an answer and the next request (apply the acks, prepare
+    // the next batch), and after the last answer until its acks are applied.
+    inFlightMs: pushes.reduce((a, e) => a + (e.responseEnd - e.startTime), 0),
+    betweenMs: pushes.slice(1).reduce((a, e, i) => a + (e.startTime - pushes[i].responseEnd), 0),
+    lastAckMs: ackedAt - last.responseEnd,
     pushes: pushes.length,
-    lastAnswerMs: pushes[pushes.length - 1].responseEnd - first,
+    lastAnswerMs: last.responseEnd - first,
     roundMs: idleAt - first,
     serverPushMs: log["POST /v1/push 200"].handlerMs,
     preflights: Object.entries(log).filter(([k]) => k.startsWith("OPTIONS")).reduce((a, [, v]) => a + v.count, 0),
@@ -126,7 +133,7 @@ export async function run() {
   await init();
   const bodies = [];
   const samples = { dovecote: [], "raw fetch loop": [] };
-  const extra = { pushes: [], lastAnswerMs: [], roundMs: [], serverPushMs: [], rawServerPushMs: [], preflights: [] };
+  const extra = { pushes: [], lastAnswerMs: [], roundMs: [], serverPushMs: [], rawServerPushMs: [], preflights: [], inFlightMs: [], betweenMs: [], lastAckMs: [] };
   for (let round = 0; round < ROUNDS + 1; round++) {
     // Round 0 warms up, dovecote first: its pushes are the bodies the raw loop posts.
     const order = round === 0 ? ["dovecote", "raw"] : rotate(["dovecote", "raw"], round);
@@ -135,7 +142,7 @@ export async function run() {
         const r = await dovecote(round === 0 ? bodies : null);
         if (round === 0) continue;
         samples.dovecote.push(r.ms);
-        for (const k of ["pushes", "lastAnswerMs", "roundMs", "serverPushMs", "preflights"]) extra[k].push(r[k]);
+        for (const k of Object.keys(extra).filter((k) => k !== "rawServerPushMs")) extra[k].push(r[k]);
       } else {
         const r = await raw(bodies);
         if (round === 0) continue;
@@ -159,6 +166,9 @@ export async function run() {
         pushBodiesBytes: bodies.map((b) => b.length),
         dovecoteMedianMs: {
           "first push to last answer in": median(extra.lastAnswerMs),
+          "pushes in flight (network + server), summed": median(extra.inFlightMs),
+          "client between an answer and the next push (apply acks, next batch), summed": median(extra.betweenMs),
+          "last answer to its acks applied": median(extra.lastAckMs),
           "first push to last ack applied (timed)": median(samples.dovecote),
           "first push to round done (pull of own messages included)": median(extra.roundMs),
           "server push handlers, summed": median(extra.serverPushMs),
