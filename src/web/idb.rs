@@ -267,61 +267,50 @@ impl IdbStore {
         Ok(())
     }
 
-    /// Runs the read `op` in a new readonly transaction on `stores`; if it
-    /// fails as a lost connection does, reopens and runs it once more.
-    async fn read<T, F, Fut>(&self, stores: &[&str], op: F) -> StoreResult<T>
-    where
-        F: Fn(idb::Transaction) -> Fut,
-        Fut: Future<Output = Result<T, Failure>>,
-    {
+    /// Runs `fetch` in a new readonly transaction; if it fails as a lost
+    /// connection does, reopens and runs it once more. Not generic, so that
+    /// one copy serves every read; the caller decodes the raw value.
+    async fn read(&self, fetch: &Fetch) -> StoreResult<JsValue> {
         let mut retried = false;
         loop {
-            let tx = self.transaction(stores, TransactionMode::ReadOnly).await?;
-            match op(tx).await {
+            let tx = self.transaction(&[fetch.store()], TransactionMode::ReadOnly).await?;
+            match fetch.run(tx).await {
                 Ok(value) => return Ok(value),
-                Err(Failure::Idb(e)) if !retried && connection_gone(&e) => {
+                Err(e) if !retried && connection_gone(&e) => {
                     retried = true;
                     // The next transaction reopens (unless superseded meanwhile).
                     self.connection.borrow().lost.set(true);
                 }
-                Err(failure) => return Err(failure.into()),
+                Err(e) => return Err(classify(&e)),
             }
         }
     }
 
     async fn get<T: DeserializeOwned>(&self, store: &'static str, key: JsValue) -> StoreResult<Option<T>> {
-        let value = self
-            .read(&[store], |tx| {
-                let key = key.clone();
-                async move { Ok(tx.object_store(store)?.get(key)?.await?) }
-            })
-            .await?;
-        value.map(|v| from_js(store, v)).transpose()
+        let value = self.read(&Fetch::Get(store, key)).await?;
+        if value.is_undefined() {
+            return Ok(None);
+        }
+        from_js(store, &value).map(Some)
     }
 
     async fn get_all<T: DeserializeOwned>(&self, store: &'static str) -> StoreResult<Vec<T>> {
-        let values = self
-            .read(&[store], |tx| async move { Ok(tx.object_store(store)?.get_all(None, None)?.await?) })
-            .await?;
-        values.into_iter().map(|v| from_js(store, v)).collect()
+        from_js(store, &self.read(&Fetch::All(store)).await?)
     }
 
     /// Reads a raw JS value from `meta` (e.g. a non-extractable CryptoKey).
     pub async fn raw_meta(&self, key: &str) -> StoreResult<Option<JsValue>> {
-        let record = self
-            .read(&[META], |tx| async move { Ok(tx.object_store(META)?.get(JsValue::from_str(key))?.await?) })
-            .await?;
-        Ok(record.map(|r| js_sys::Reflect::get(&r, &"value".into()).unwrap_or(JsValue::UNDEFINED)))
+        let record = self.read(&Fetch::Get(META, JsValue::from_str(key))).await?;
+        if record.is_undefined() {
+            return Ok(None);
+        }
+        Ok(Some(js_sys::Reflect::get(&record, &"value".into()).unwrap_or(JsValue::UNDEFINED)))
     }
 
     /// Writes a raw JS value to `meta`, only if no value is there yet; returns
     /// the value that is stored afterwards (another tab may have won the race).
     pub async fn raw_meta_insert(&self, key: &str, value: &JsValue) -> StoreResult<JsValue> {
-        let record = js_sys::Object::new();
-        let set = |k: &str, v: &JsValue| js_sys::Reflect::set(&record, &k.into(), v);
-        set("key", &key.into())
-            .and_then(|_| set("value", value))
-            .map_err(|e| StoreError::Other(format!("{e:?}")))?;
+        let record = meta_record(key, value)?;
         let tx = self.transaction(&[META], TransactionMode::ReadWrite).await?;
         let store = tx.object_store(META).map_err(|e| classify(&e))?;
         // `add` fails if the key exists; that failure is the race being lost.
@@ -366,9 +355,7 @@ impl Store for IdbStore {
                 Write::PutMutation(m) => Op::Put(OUTBOX, to_js(m)?),
                 Write::RemoveMutation(id) => Op::Delete(OUTBOX, JsValue::from_f64(*id as f64)),
                 Write::PutKey(k) => Op::Put(KEYS, to_js(k)?),
-                Write::PutMeta { key, value } => {
-                    Op::Put(META, to_js(&serde_json::json!({ "key": key, "value": value }))?)
-                }
+                Write::PutMeta { key, value } => Op::Put(META, meta_record(key, &JsValue::from_str(value))?),
             });
         }
         let mut names: Vec<&str> = ops
@@ -403,7 +390,7 @@ impl Store for IdbStore {
                     return Err(classify(&e));
                 }
             };
-            let same = found.map(|v| from_js::<Mutation>(OUTBOX, v)).transpose().ok().flatten();
+            let same = found.map(|v| from_js::<Mutation>(OUTBOX, &v)).transpose().ok().flatten();
             if same.as_ref() != Some(want) {
                 let _ = tx.abort();
                 return Err(StoreError::Conflict);
@@ -473,27 +460,8 @@ impl Store for IdbStore {
             // An array sorts above every number: this bound is past the newest.
             None => (js_sys::Array::of2(&thread, &js_sys::Array::new()), false),
         };
-        self.read(&[MESSAGES], |tx| {
-            let (lower, upper) = (lower.clone(), upper.clone());
-            async move {
-                let range = KeyRange::bound(&lower, &upper, Some(false), Some(upper_open))?;
-                let index = tx.object_store(MESSAGES)?.index(BY_THREAD_ORDER)?;
-                let cursor =
-                    index.open_cursor(Some(Query::KeyRange(range)), Some(CursorDirection::Prev))?.await?;
-                let mut page = Vec::new();
-                let Some(cursor) = cursor else { return Ok(page) };
-                let mut cursor = cursor.into_managed();
-                while let Some(value) = cursor.value()? {
-                    page.push(from_js(MESSAGES, value)?);
-                    if page.len() as u32 >= limit {
-                        break;
-                    }
-                    cursor.next(None).await?;
-                }
-                Ok(page)
-            }
-        })
-        .await
+        let page = self.read(&Fetch::Page { lower, upper, upper_open, limit }).await?;
+        from_js(MESSAGES, &page)
     }
 
     async fn outbox(&self) -> StoreResult<Vec<Mutation>> {
@@ -505,11 +473,13 @@ impl Store for IdbStore {
     }
 
     async fn meta(&self, key: &str) -> StoreResult<Option<String>> {
-        #[derive(serde::Deserialize)]
-        struct Meta {
-            value: String,
+        match self.raw_meta(key).await? {
+            None => Ok(None),
+            Some(value) => value.as_string().map(Some).ok_or(StoreError::Corrupt {
+                store: META,
+                reason: format!("{key}: the value is not a string"),
+            }),
         }
-        Ok(self.get::<Meta>(META, JsValue::from_str(key)).await?.map(|m| m.value))
     }
 }
 
@@ -600,29 +570,58 @@ impl Drop for IdbStore {
     }
 }
 
-/// A failed step inside a read.
-enum Failure {
-    Idb(idb::Error),
-    Store(StoreError),
+/// A `meta` record: `{key, value}`.
+fn meta_record(key: &str, value: &JsValue) -> StoreResult<JsValue> {
+    let record = js_sys::Object::new();
+    let set = |k: &str, v: &JsValue| js_sys::Reflect::set(&record, &k.into(), v);
+    set("key", &key.into())
+        .and_then(|_| set("value", value))
+        .map_err(|e| StoreError::Other(format!("{e:?}")))?;
+    Ok(record.into())
 }
 
-impl From<idb::Error> for Failure {
-    fn from(e: idb::Error) -> Self {
-        Failure::Idb(e)
+/// What a [`IdbStore::read`] fetches.
+enum Fetch {
+    /// One record by key; `undefined` when there is none.
+    Get(&'static str, JsValue),
+    /// Every record of a store, as an array.
+    All(&'static str),
+    /// Up to `limit` messages of the `by_thread_order` range, newest first,
+    /// as an array.
+    Page { lower: js_sys::Array, upper: js_sys::Array, upper_open: bool, limit: u32 },
+}
+
+impl Fetch {
+    fn store(&self) -> &'static str {
+        match self {
+            Fetch::Get(store, _) | Fetch::All(store) => store,
+            Fetch::Page { .. } => MESSAGES,
+        }
     }
-}
 
-impl From<StoreError> for Failure {
-    fn from(e: StoreError) -> Self {
-        Failure::Store(e)
-    }
-}
-
-impl From<Failure> for StoreError {
-    fn from(failure: Failure) -> Self {
-        match failure {
-            Failure::Idb(e) => classify(&e),
-            Failure::Store(e) => e,
+    async fn run(&self, tx: idb::Transaction) -> Result<JsValue, idb::Error> {
+        let store = tx.object_store(self.store())?;
+        match self {
+            Fetch::Get(_, key) => Ok(store.get(key.clone())?.await?.unwrap_or(JsValue::UNDEFINED)),
+            Fetch::All(_) => {
+                Ok(store.get_all(None, None)?.await?.into_iter().collect::<js_sys::Array>().into())
+            }
+            Fetch::Page { lower, upper, upper_open, limit } => {
+                let range = KeyRange::bound(lower, upper, Some(false), Some(*upper_open))?;
+                let index = store.index(BY_THREAD_ORDER)?;
+                let cursor =
+                    index.open_cursor(Some(Query::KeyRange(range)), Some(CursorDirection::Prev))?.await?;
+                let page = js_sys::Array::new();
+                let Some(cursor) = cursor else { return Ok(page.into()) };
+                let mut cursor = cursor.into_managed();
+                while let Some(value) = cursor.value()? {
+                    if page.push(&value) >= *limit {
+                        break;
+                    }
+                    cursor.next(None).await?;
+                }
+                Ok(page.into())
+            }
         }
     }
 }
@@ -663,14 +662,29 @@ fn lost_error() -> JsValue {
     error.into()
 }
 
+/// Records cross between Rust and IndexedDB as JSON text: serde_json is in
+/// the bundle for the sync protocol anyway, so each record type's
+/// (de)serializer exists once instead of once more for a JS-value
+/// (de)serializer. The stored objects are what `JSON.parse` makes of
+/// the records' JSON: plain objects, arrays, strings, numbers, booleans and
+/// nulls.
 fn to_js<T: Serialize + ?Sized>(value: &T) -> StoreResult<JsValue> {
-    value
-        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
-        .map_err(|e| StoreError::Other(format!("could not convert a record: {e}")))
+    let text = serde_json::to_string(value)
+        .map_err(|e| StoreError::Other(format!("could not convert a record: {e}")))?;
+    js_sys::JSON::parse(&text).map_err(|_| StoreError::Other("could not convert a record".into()))
 }
 
-fn from_js<T: DeserializeOwned>(store: &'static str, value: JsValue) -> StoreResult<T> {
-    serde_wasm_bindgen::from_value(value).map_err(|e| StoreError::Corrupt { store, reason: e.to_string() })
+fn from_js<T: DeserializeOwned>(store: &'static str, value: &JsValue) -> StoreResult<T> {
+    let text = json_text(store, value)?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt { store, reason: e.to_string() })
+}
+
+/// `JSON.stringify` of a stored record (not generic: one copy for every record type).
+fn json_text(store: &'static str, value: &JsValue) -> StoreResult<String> {
+    js_sys::JSON::stringify(value)
+        .ok()
+        .and_then(|text| text.as_string())
+        .ok_or_else(|| StoreError::Corrupt { store, reason: "not a JSON value".into() })
 }
 
 /// The error's text, with the DOMException name where there is one.

@@ -36,6 +36,11 @@ use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
+use serde::de::Error as _;
+use serde::ser::SerializeStruct as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::core::model::MessageId;
 use crate::engine::LocalChanges;
 
 /// How long a lease holds without renewal ([`Backend::Lease`]).
@@ -442,8 +447,7 @@ async fn release_lease(shared: &Shared) -> Result<(), idb::Error> {
 /// What tabs tell each other. Sent as JSON text with a `type` field, e.g.
 /// `{"type":"changed","messages":["…"],"threads":true}`. A message a tab does
 /// not understand (garbage, or a newer version's) is ignored.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TabMessage {
     /// A follower queued mutations: the leader should push now.
@@ -452,8 +456,7 @@ pub enum TabMessage {
     /// tab wrote a message or a key): re-read what it names and tell
     /// subscribers (`Client::refresh`).
     Changed {
-        /// What changed.
-        #[serde(flatten)]
+        /// What changed; its fields sit next to `type`.
         changes: LocalChanges,
     },
     /// The sender became the sync leader.
@@ -461,6 +464,69 @@ pub enum TabMessage {
         /// Its [`LeaderElection::tab_id`].
         tab: String,
     },
+}
+
+// By hand rather than `#[serde(tag = "type")]` with a flattened field: the
+// derived form buffers every message into serde's generic `Content` tree
+// first, which costs about 8 KiB of wasm for three small messages. The JSON
+// is the same.
+impl Serialize for TabMessage {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (kind, len) = match self {
+            TabMessage::Wake => ("wake", 1),
+            TabMessage::Changed { .. } => ("changed", 6),
+            TabMessage::Leader { .. } => ("leader", 2),
+        };
+        let mut out = serializer.serialize_struct("TabMessage", len)?;
+        out.serialize_field("type", kind)?;
+        match self {
+            TabMessage::Wake => {}
+            TabMessage::Changed { changes } => {
+                out.serialize_field("messages", &changes.messages)?;
+                out.serialize_field("statuses", &changes.statuses)?;
+                out.serialize_field("threads", &changes.threads)?;
+                out.serialize_field("keys", &changes.keys)?;
+                out.serialize_field("outbox", &changes.outbox)?;
+            }
+            TabMessage::Leader { tab } => out.serialize_field("tab", tab)?,
+        }
+        out.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for TabMessage {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Every variant's fields in one flat struct; absent ones default.
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Wire {
+            #[serde(rename = "type")]
+            kind: String,
+            messages: Vec<MessageId>,
+            statuses: Vec<MessageId>,
+            threads: bool,
+            keys: bool,
+            outbox: bool,
+            tab: Option<String>,
+        }
+        let wire = Wire::deserialize(deserializer)?;
+        match wire.kind.as_str() {
+            "wake" => Ok(TabMessage::Wake),
+            "changed" => Ok(TabMessage::Changed {
+                changes: LocalChanges {
+                    messages: wire.messages,
+                    statuses: wire.statuses,
+                    threads: wire.threads,
+                    keys: wire.keys,
+                    outbox: wire.outbox,
+                },
+            }),
+            "leader" => {
+                wire.tab.map(|tab| TabMessage::Leader { tab }).ok_or_else(|| D::Error::missing_field("tab"))
+            }
+            other => Err(D::Error::unknown_variant(other, &["wake", "changed", "leader"])),
+        }
+    }
 }
 
 /// A BroadcastChannel between the tabs of one database (see [`scope_name`]).
