@@ -103,6 +103,15 @@ pub trait Store {
     async fn threads(&self) -> StoreResult<Vec<ThreadRecord>>;
     /// One message.
     async fn message(&self, id: MessageId) -> StoreResult<Option<MessageRecord>>;
+    /// The stored messages among `ids` (missing ones are left out), read
+    /// together: one transaction where the store has them.
+    async fn messages_by_id(&self, ids: &[MessageId]) -> StoreResult<Vec<MessageRecord>> {
+        let mut found = Vec::with_capacity(ids.len());
+        for &id in ids {
+            found.extend(self.message(id).await?);
+        }
+        Ok(found)
+    }
     /// Up to `limit` messages of a thread, newest first by (`order`, `id`),
     /// strictly before `before` when given. Reads no more than it returns.
     async fn messages_before(

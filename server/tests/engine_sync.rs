@@ -344,3 +344,40 @@ async fn edits_and_deletes_sync_and_a_remote_delete_wins_over_a_pending_edit() {
     let outbox = phone.outbox().await.unwrap();
     assert!(outbox.iter().all(|e| e.state != "queued"), "nothing left to retry: {outbox:?}");
 }
+
+#[tokio::test]
+async fn joining_a_thread_older_than_the_cursor_catches_up_on_its_history_once() {
+    let server = TestServer::start().await;
+    let alice_net = Net::new(&server.http, "alice").await;
+    let alice = open(&MemoryStore::new(), "alice").await;
+    let old = alice.create_thread("Old news", &[]).await.unwrap();
+    for n in 0..30 {
+        alice.send(old.id, &format!("old {n}")).await.unwrap();
+    }
+    alice.sync_round(&alice_net).await.unwrap();
+
+    // Bob has been syncing his own thread: his cursor is past alice's history.
+    let bob_net = Net::new(&server.http, "bob").await;
+    let bob_store = MemoryStore::new();
+    let bob = open(&bob_store, "bob").await;
+    let own = bob.create_thread("Bob's", &[]).await.unwrap();
+    bob.send(own.id, "mine").await.unwrap();
+    bob.sync_round(&bob_net).await.unwrap();
+    let cursor: u64 = bob_store.meta("cursor").await.unwrap().unwrap().parse().unwrap();
+    assert!(cursor > 31, "bob's cursor {cursor} is past alice's 31 changes");
+
+    let token = alice_net.create_invite(old.id).await.unwrap().token;
+    let code = alice.export_thread_invite(old.id, Some(token)).unwrap();
+    bob.import_thread_invite(&code).await.unwrap();
+    alice.send(old.id, "new 0").await.unwrap();
+    alice.sync_round(&alice_net).await.unwrap();
+    let report = bob.sync_round(&bob_net).await.unwrap();
+    assert_eq!(report.failure, None);
+    let page = all_messages(&bob, old.id).await;
+    let mut expected: Vec<String> = (0..30).map(|n| format!("old {n}")).collect();
+    expected.push("new 0".into());
+    assert_eq!(bodies(&page), expected, "the whole history, in order, once");
+    assert!(page.iter().all(|m| m.status == MessageStatus::Sent && m.undecryptable.is_none()));
+    assert_eq!(bob_store.meta("catchup").await.unwrap().as_deref(), Some("{}"), "catch-up done");
+    assert!(report.pulled < 31 + 31 + 10, "history pulled about once, not twice: {report:?}");
+}

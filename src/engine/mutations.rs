@@ -59,6 +59,25 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         };
         let mut touched: BTreeMap<MessageId, MessageRecord> =
             records.into_iter().map(|r| (r.id, r)).collect();
+        // Every record the decisions name, read in one go (a push answers
+        // for up to a hundred messages).
+        let wanted: Vec<MessageId> = decisions
+            .iter()
+            .filter_map(|d| match d {
+                Decision::MessageStatus { message_id, .. } | Decision::MessageSent { message_id, .. } => {
+                    Some(*message_id)
+                }
+                Decision::Failed { body, .. } => body.message_id(),
+                _ => None,
+            })
+            .filter(|id| !touched.contains_key(id))
+            .collect();
+        if !wanted.is_empty() {
+            for record in self.store.messages_by_id(&wanted).await? {
+                touched.insert(record.id, record);
+            }
+        }
+        let mut joined = Vec::new();
         let mut applied = Applied::default();
         // Messages whose send the server refused: they are not on the server.
         let mut refused: HashSet<MessageId> = snapshot
@@ -155,6 +174,9 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                 // Other failures surface through the message status (sends)
                 // and the outbox listing (every kind); applied mutations
                 // through the pull that follows.
+                Decision::Applied { body: MutationBody::Join { thread_id, .. }, .. } => {
+                    joined.push(thread_id)
+                }
                 Decision::Applied { .. } | Decision::Failed { .. } => {}
             }
         }
@@ -166,6 +188,9 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                     writes.push(Write::RemoveMutation(row.mutation_id));
                 }
             }
+        }
+        if !joined.is_empty() {
+            writes.push(self.joined_at_cursor(&joined).await?);
         }
         writes.extend(touched.values().cloned().map(Write::PutMessage));
         writes.extend(extra);

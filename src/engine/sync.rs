@@ -26,10 +26,22 @@ use super::{Client, ClientEvent, Error, Result, SyncState};
 
 /// The metadata key of the main pull cursor.
 const META_CURSOR: &str = "cursor";
-/// The metadata key of the catch-up pulls still to do: thread → cursor.
+/// The metadata key of the catch-up pulls still to do: thread → [`CatchUp`].
 const META_CATCHUP: &str = "catchup";
-/// Changes asked for per pull.
-const PULL_LIMIT: u32 = 500;
+/// The metadata key of threads joined whose thread change has not been
+/// pulled yet: thread → the main cursor when the join was acked.
+const META_JOINED: &str = "joined";
+/// Changes asked for per pull: the server's largest page.
+const PULL_LIMIT: u32 = 1000;
+
+/// A thread's own history still to pull after joining it: the changes at or
+/// below `until` (the main feed was already past them when this device
+/// became a member; everything after comes by the main feed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct CatchUp {
+    cursor: u64,
+    until: u64,
+}
 
 /// What the engine keeps in memory between rounds.
 #[derive(Debug)]
@@ -288,7 +300,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             }
         }
         let catchup = self.catchup().await?;
-        for (thread, mut cursor) in catchup {
+        for (thread, CatchUp { mut cursor, until }) in catchup {
             loop {
                 let request = PullRequest { cursor, limit: PULL_LIMIT, thread: Some(thread) };
                 let response = match transport.pull(&request).await {
@@ -304,11 +316,13 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                     return Ok(Some(ErrorInfo { code: "protocol".into(), message: why }));
                 }
                 report.pulled += response.changes.len();
-                self.apply_page(&response, Some(thread)).await?;
-                if !response.has_more {
+                let done = !response.has_more || response.cursor >= until;
+                let page = PullResponse { has_more: !done, ..response };
+                self.apply_page(&page, Some(thread)).await?;
+                if done {
                     break;
                 }
-                cursor = response.cursor;
+                cursor = page.cursor;
             }
         }
         Ok(None)
@@ -332,11 +346,27 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         }
     }
 
-    async fn catchup(&self) -> Result<BTreeMap<ThreadId, u64>> {
-        match self.store.meta(META_CATCHUP).await? {
+    async fn catchup(&self) -> Result<BTreeMap<ThreadId, CatchUp>> {
+        self.meta_map(META_CATCHUP).await
+    }
+
+    async fn meta_map<V: serde::de::DeserializeOwned>(&self, key: &str) -> Result<BTreeMap<ThreadId, V>> {
+        match self.store.meta(key).await? {
             None => Ok(BTreeMap::new()),
-            Some(text) => serde_json::from_str(&text).map_err(|_| corrupt("catchup", &text)),
+            Some(text) => serde_json::from_str(&text).map_err(|_| corrupt(key, &text)),
         }
+    }
+
+    /// The write that notes, for threads whose join was just acked, where
+    /// the main feed stood: their catch-up pull stops there.
+    pub(super) async fn joined_at_cursor(&self, threads: &[ThreadId]) -> Result<Write> {
+        let cursor = self.cursor().await?;
+        let mut joined: BTreeMap<ThreadId, u64> = self.meta_map(META_JOINED).await?;
+        for &thread in threads {
+            joined.entry(thread).or_insert(cursor);
+        }
+        let value = serde_json::to_string(&joined).expect("joined map serializes");
+        Ok(Write::PutMeta { key: META_JOINED.into(), value })
     }
 
     /// Applies a page of pulled changes and moves its cursor, in one store
@@ -374,6 +404,10 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                     }
                 }
                 let mut catchup = self.catchup().await?;
+                let mut joined: BTreeMap<ThreadId, u64> = self.meta_map(META_JOINED).await?;
+                let joined_before = joined.len();
+                // For the main feed, the stored cursor is where this page starts.
+                let from = if thread.is_none() { self.cursor().await? } else { 0 };
                 let known: HashSet<ThreadId> =
                     if page.changes.iter().any(|c| matches!(c, Change::Thread { .. })) {
                         self.store.threads().await?.into_iter().map(|t| t.id).collect()
@@ -387,8 +421,13 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                     match change {
                         Change::Thread { thread: remote, .. } => {
                             if thread.is_none() && !known.contains(&remote.id) {
-                                // New to this device: its history is below our cursor.
-                                catchup.entry(remote.id).or_insert(0);
+                                // New to this device: its changes after `until` come
+                                // by the main feed (the server filters by membership
+                                // at pull time); those before need a pull of its own.
+                                let until = joined.remove(&remote.id).unwrap_or(from).min(from);
+                                if until > 0 {
+                                    catchup.entry(remote.id).or_insert(CatchUp { cursor: 0, until });
+                                }
                             }
                             writes.push(Write::PutThread(merge_thread(remote)));
                             threads_changed = true;
@@ -430,7 +469,9 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                     None => writes
                         .push(Write::PutMeta { key: META_CURSOR.into(), value: page.cursor.to_string() }),
                     Some(thread) if page.has_more => {
-                        catchup.insert(thread, page.cursor);
+                        if let Some(entry) = catchup.get_mut(&thread) {
+                            entry.cursor = page.cursor;
+                        }
                     }
                     Some(thread) => {
                         catchup.remove(&thread);
@@ -438,6 +479,10 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                 }
                 let value = serde_json::to_string(&catchup).expect("catch-up map serializes");
                 writes.push(Write::PutMeta { key: META_CATCHUP.into(), value });
+                if joined.len() != joined_before {
+                    let value = serde_json::to_string(&joined).expect("joined map serializes");
+                    writes.push(Write::PutMeta { key: META_JOINED.into(), value });
+                }
                 self.apply_decisions(&rows, decisions, records, writes).await
             })
             .await?;
