@@ -18,7 +18,7 @@ let stopThread = () => {};
 const watched = new Map(); // thread id → unsubscribe, for unread counts
 let joining = null; // thread id of an imported invite that has not synced yet
 let sync = { state: "starting", error: null };
-let unsent = 0;
+let outbox = { waiting: 0, failed: 0 };
 
 /** `h("p", { className: "x" }, child…)`: an element with properties and children. */
 function h(tag, props = {}, ...children) {
@@ -85,12 +85,15 @@ function showConnection() {
   const box = $("connection");
   box.dataset.state = sync.state;
   const why = sync.error ? ` (${sync.error.code})` : "";
-  const waiting = unsent ? ` · ${unsent} waiting to send` : "";
-  box.textContent = `${SYNC_LABELS[sync.state] ?? sync.state}${why}${waiting}`;
+  const waiting = outbox.waiting ? ` · ${outbox.waiting} waiting to send` : "";
+  const failed = outbox.failed ? ` · ${outbox.failed} failed` : "";
+  box.textContent = `${SYNC_LABELS[sync.state] ?? sync.state}${why}${waiting}${failed}`;
 }
 
-async function refreshUnsent() {
-  unsent = (await client.outbox()).length;
+async function refreshOutbox() {
+  const entries = await client.outbox();
+  const failed = entries.filter((e) => e.state === "failed").length;
+  outbox = { waiting: entries.length - failed, failed };
   showConnection();
 }
 
@@ -407,7 +410,7 @@ async function signIn(user) {
       if (!retrying) sync = event;
       showConnection();
     } else if (event.type === "status") {
-      refreshUnsent().catch(() => {});
+      refreshOutbox().catch(() => {});
       const s = event.message.status;
       if (s.state === "failed" && !s.recoverable) $("announce").textContent = `A message failed to send: ${s.code}`;
     } else if (event.type === "threads") {
@@ -416,6 +419,8 @@ async function signIn(user) {
       if (current && [...shown.values()].some((m) => m.undecryptable)) openThread(current).catch(showError);
     } else if (event.type === "conflict") {
       $("announce").textContent = "Your edit was dropped: the message was deleted on another device.";
+    } else if (event.type === "leader") {
+      $("connection").title = event.leader ? "This tab syncs for all open tabs" : "Another open tab syncs for this one";
     } else if (event.type === "version_change") {
       showError({ code: "version_change" });
       document.body.classList.add("stale");
@@ -425,7 +430,7 @@ async function signIn(user) {
   $("chat-view").hidden = false;
   $("sign-out").hidden = false;
   $("whoami").textContent = `Signed in as ${user}`;
-  await refreshUnsent();
+  await refreshOutbox();
   await renderThreads();
   const last = localStorage.getItem(`dovecote-demo-thread:${me}`);
   const thread = (await client.threads()).find((t) => t.id === last);

@@ -116,6 +116,35 @@ test("sign in, create a thread, send with Enter (Shift+Enter is a new line); sen
   }
 });
 
+test("two tabs of one user: each shows what the other sends, and both reach sent", { timeout: 300_000 }, async () => {
+  const server = await startServer();
+  const alice = await profile(`${server.url}/www/`);
+  try {
+    const first = alice.page;
+    await signIn(first, "alice");
+    await createThread(first, "Errands");
+    await send(first, "Milk");
+    await waitFor(first, "Milk", "sent");
+    // The second tab is signed in already (same profile) and opens the last thread.
+    const second = await alice.context.newPage();
+    second.on("pageerror", (e) => alice.errors.push(e.message));
+    await second.goto(`${server.url}/www/`);
+    await second.waitForSelector("body[data-ready=true]", WAIT);
+    await waitFor(second, "Milk", "sent");
+    await send(second, "Bread");
+    await waitFor(first, "Bread", "sent");
+    await send(first, "Eggs");
+    await waitFor(second, "Eggs", "sent");
+    const expected = ["sent|alice (you)|Milk", "sent|alice (you)|Bread", "sent|alice (you)|Eggs"];
+    assert.deepEqual(await shown(first), expected);
+    assert.deepEqual(await shown(second), expected);
+    assert.deepEqual(alice.errors, []);
+  } finally {
+    await alice.context.close();
+    await server.stop();
+  }
+});
+
 test("two users chat: Bob joins by invite link, both see each other, unread counts, edit and delete reach the other side, history pages back on scroll", { timeout: 300_000 }, async () => {
   const server = await startServer();
   const alice = await profile(`${server.url}/www/`);
@@ -355,12 +384,12 @@ test("a message the server refuses shows failed with Retry and Cancel; Cancel wi
     await failed.getByRole("button", { name: "Retry" }).click();
     await refusedAgain;
     await waitFor(page, long, "failed");
-    await page.waitForFunction(() => document.querySelector("#connection").dataset.state !== "syncing", null, WAIT);
+    await page.waitForFunction(() => /^(Up to date|Online) · 1 failed$/.test(document.querySelector("#connection").textContent), null, WAIT);
     await page.screenshot({ path: `${shots}demo-failed.png` });
     await failed.getByRole("button", { name: "Cancel" }).click();
     await waitFor(page, long, "cancelled");
     await waitFor(page, "short", "sent");
-    await page.waitForFunction(() => !/waiting to send/.test(document.querySelector("#connection").textContent), null, WAIT);
+    await page.waitForFunction(() => /^(Up to date|Online)$/.test(document.querySelector("#connection").textContent), null, WAIT);
     assert.deepEqual(alice.errors, []);
   } finally {
     await alice.context.close();
