@@ -163,7 +163,7 @@ function messageItem(m) {
   const action = (label, run) => {
     const button = h("button", { type: "button", textContent: label });
     button.setAttribute("aria-describedby", bodyId);
-    button.addEventListener("click", () => run(button));
+    button.addEventListener("click", run);
     actions.append(button);
   };
   if (mine && state === "failed") action("Retry", () => attempt("Not retried", () => client.retry(m.id)));
@@ -244,7 +244,7 @@ function startEdit(m) {
   const area = h("textarea", { id: `edit-${m.id}`, value: m.body, rows: 2 });
   const finish = () => {
     editing = null;
-    place(shown.get(m.id));
+    if (shown.has(m.id)) place(shown.get(m.id));
   };
   const discard = h("button", { type: "button", textContent: "Discard" });
   discard.addEventListener("click", finish);
@@ -400,6 +400,7 @@ async function joinFromLink(hash) {
 async function signIn(user) {
   client = await ChatClient.open({ dbName: `dovecote-demo-${user}`, userId: user, serverUrl: location.origin, deviceName: "dovecote demo" });
   me = user;
+  $("connection").hidden = false;
   localStorage.setItem(USER_KEY, user);
   sync = { state: client.syncState, error: null };
   client.onEvent((event) => {
@@ -487,33 +488,43 @@ function wire() {
   });
 }
 
+/** The sign-in form; `invite` says whether the page was opened by an invite link. */
+function askForName(invite) {
+  $("connection").hidden = true;
+  $("invite-note").hidden = !invite;
+  $("sign-in-view").hidden = false;
+  $("user-name").focus();
+}
+
 async function main() {
   // The app shell (this folder and the SDK) for reloads without a network; see sw.js.
   navigator.serviceWorker?.register("sw.js").catch((error) => console.warn("no offline reloads:", error));
   wire();
   await init();
-  const invite = location.hash.startsWith("#k=") ? location.hash : null;
-  const user = localStorage.getItem(USER_KEY);
-  if (user) {
-    await signIn(user);
+  let invite = location.hash.startsWith("#k=") ? location.hash : null;
+  const join = async () => {
     if (invite) await attempt("Could not join", () => joinFromLink(invite));
-  } else {
-    sync = { state: "idle", error: null };
-    $("connection").hidden = true;
-    $("invite-note").hidden = !invite;
-    $("sign-in-view").hidden = false;
-    $("user-name").focus();
-    $("sign-in").addEventListener("submit", (event) => {
-      event.preventDefault();
-      attempt("Could not sign in", async () => {
-        await signIn($("user-name").value.trim());
-        $("connection").hidden = false;
-        showConnection();
-        if (invite) await attempt("Could not join", () => joinFromLink(invite));
-      });
+    invite = null;
+  };
+  $("sign-in").addEventListener("submit", (event) => {
+    event.preventDefault();
+    attempt("Could not sign in", async () => {
+      await signIn($("user-name").value.trim());
+      await join();
     });
+  });
+  const user = localStorage.getItem(USER_KEY);
+  if (!user) {
+    askForName(invite);
+  } else {
+    try {
+      await signIn(user);
+      await join();
+    } catch (error) {
+      showError(error, `Could not open ${user}'s chat`);
+      askForName(invite);
+    }
   }
-  showConnection();
   document.body.dataset.ready = "true";
 }
 

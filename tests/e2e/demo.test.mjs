@@ -255,7 +255,8 @@ test("offline: a send shows pending and the indicator offline, survives a reload
     await page.waitForFunction(() => /^Offline \(network\) · 1 waiting to send$/.test(document.querySelector("#connection").textContent), null, WAIT);
     await page.screenshot({ path: `${shots}demo-offline.png` });
 
-    await page.reload();
+    const reloaded = await page.reload();
+    assert.ok(reloaded.fromServiceWorker(), "the offline reload is served by the app's service worker");
     await page.waitForSelector("body[data-ready=true]", WAIT);
     await waitFor(page, "In the tunnel", "pending");
     await send(page, "Still no signal");
