@@ -479,6 +479,7 @@ impl ChatClient {
     pub fn export_thread_invite(&self, #[wasm_bindgen(js_name = threadId)] thread_id: String) -> Promise {
         let inner = self.inner.clone();
         let driver = self.tabs.driver();
+        let tabs = self.tabs.clone();
         future_to_promise(async move {
             let thread_id = parse_thread_id(&thread_id)?;
             // With a server, the code also carries its invite token, which
@@ -488,16 +489,7 @@ impl ChatClient {
                 None => None,
                 Some(driver) => {
                     inner.export_thread_invite(thread_id, None).map_err(js_error)?;
-                    driver.sync_now().await.map_err(js_error)?;
-                    let transport = driver.transport().await.map_err(sync_error)?;
-                    let invite = transport.create_invite(thread_id).await.map_err(|f| {
-                        let (code, message) = match crate::core::outbox::classify(&f) {
-                            crate::core::outbox::ErrorClass::Transient { code, message, .. }
-                            | crate::core::outbox::ErrorClass::Permanent { code, message } => (code, message),
-                        };
-                        sync_error(crate::engine::ErrorInfo { code, message })
-                    })?;
-                    Some(invite.token)
+                    Some(server_invite(&inner, &tabs, driver, thread_id).await?)
                 }
             };
             // The code holds the key: the Rust copy is wiped once JS has its own.
@@ -657,6 +649,50 @@ impl ChatClient {
         self.inner.close();
         self.inner.store().close();
     }
+}
+
+/// The server's invite token for a thread. The thread must be on the server
+/// first: its creation is pushed (by this tab, or by the leader tab, which
+/// may still be getting elected) and the request repeated while the server
+/// does not know it yet and it still waits in the outbox (up to ~10 s).
+async fn server_invite(
+    inner: &BrowserClient,
+    tabs: &Tabs,
+    driver: &SyncDriver,
+    thread_id: ThreadId,
+) -> Result<String, JsValue> {
+    let as_js = |f: &crate::core::outbox::TransportFailure| {
+        let (code, message) = match crate::core::outbox::classify(f) {
+            crate::core::outbox::ErrorClass::Transient { code, message, .. }
+            | crate::core::outbox::ErrorClass::Permanent { code, message } => (code, message),
+        };
+        sync_error(crate::engine::ErrorInfo { code, message })
+    };
+    for _ in 0..50 {
+        if !driver.is_leader() {
+            tabs.post(&TabMessage::Wake);
+        }
+        driver.sync_now().await.map_err(js_error)?;
+        let transport = driver.transport().await.map_err(sync_error)?;
+        match transport.create_invite(thread_id).await {
+            Ok(invite) => return Ok(invite.token),
+            Err(f @ crate::core::outbox::TransportFailure::Status { status: 404, .. }) => {
+                let queued =
+                    inner.outbox().await.map_err(js_error)?.iter().any(|e| {
+                        e.kind == "create_thread" && e.thread_id == thread_id && e.state != "failed"
+                    });
+                if !queued {
+                    return Err(as_js(&f));
+                }
+                crate::web::timers::sleep(200).await;
+            }
+            Err(f) => return Err(as_js(&f)),
+        }
+    }
+    Err(sync_error(crate::engine::ErrorInfo {
+        code: "timeout".into(),
+        message: "the thread did not reach the server in time".into(),
+    }))
 }
 
 fn parse_message_id(id: &str) -> Result<MessageId, JsValue> {

@@ -48,6 +48,16 @@ async function serverMessages(url, user) {
 test("500 messages sent while the server is down arrive once, in order, after a reopen; a second client sees them", async () => {
   let server = await startServer();
   const { url, port, dir } = server;
+  // Whatever fails, the server goes (a live child would keep node --test waiting).
+  let stopped = false;
+  try {
+    await outage(server, url, port, dir, (s) => (server = s), () => (stopped = true));
+  } finally {
+    if (!stopped) await server.stop();
+  }
+});
+
+async function outage(server, url, port, dir, restarted, stopping) {
   const { page, errors } = await sdkPage(server);
 
   // Alice makes a thread and an invite while online; Bob's device will join with it.
@@ -62,6 +72,7 @@ test("500 messages sent while the server is down arrive once, in order, after a 
   }, url);
 
   await server.stop({ keepData: true });
+  restarted({ stop: async () => {} }); // down: nothing to stop
 
   const queued = await page.evaluate(async (url) => {
     const { ChatClient } = window.dovecote;
@@ -80,6 +91,7 @@ test("500 messages sent while the server is down arrive once, in order, after a 
     window.alice = await ChatClient.open({ dbName: "alice", userId: "alice", serverUrl: url });
   }, url);
   server = await startServer({ dir, port });
+  restarted(server);
   try {
     const local = await page.evaluate(async () => {
       const alice = window.alice;
@@ -136,9 +148,10 @@ test("500 messages sent while the server is down arrive once, in order, after a 
       window.alice?.close();
       window.bob?.close();
     });
+    stopping();
     await server.stop();
   }
-});
+}
 
 test("a push the server refuses for good fails that message alone; retry and cancel work", async () => {
   // Small enough that one long message makes a request the server refuses (413).
