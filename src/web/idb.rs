@@ -358,16 +358,17 @@ impl Store for IdbStore {
                 Write::PutMeta { key, value } => Op::Put(META, meta_record(key, &JsValue::from_str(value))?),
             });
         }
-        let mut names: Vec<&str> = ops
-            .iter()
-            .map(|op| match op {
-                Op::Put(s, _) | Op::Delete(s, _) => *s,
-                Op::Add(_) => OUTBOX,
-            })
-            .chain(expected.first().map(|_| OUTBOX))
-            .collect();
-        names.sort_unstable();
-        names.dedup();
+        // The stores the transaction spans, each once (at most five: no sort).
+        let mut names: Vec<&str> = Vec::new();
+        let used = ops.iter().map(|op| match op {
+            Op::Put(s, _) | Op::Delete(s, _) => *s,
+            Op::Add(_) => OUTBOX,
+        });
+        for name in used.chain(expected.first().map(|_| OUTBOX)) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
         if names.is_empty() {
             return Ok(Vec::new());
         }
