@@ -16,10 +16,9 @@
 
 use aes_gcm::aead::{Aead, AeadInOut, Nonce, Payload};
 use aes_gcm::Aes256Gcm;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::core::base64url;
 use crate::core::keys::{random_fill, KeyId, KeyRing, ReserveError, KEY_ID_LEN, NONCE_LEN, TAG_LEN};
 use crate::core::model::{Id, MessageId, ThreadId, UserId};
 
@@ -37,15 +36,14 @@ impl std::fmt::Debug for Envelope {
 
 impl Serialize for Envelope {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&URL_SAFE_NO_PAD.encode(&self.0))
+        s.serialize_str(&base64url::encode(&self.0))
     }
 }
 
 impl<'de> Deserialize<'de> for Envelope {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        URL_SAFE_NO_PAD
-            .decode(s.as_bytes())
+        base64url::decode(&s)
             .map(Envelope)
             .map_err(|e| serde::de::Error::custom(format!("envelope is not base64url: {e}")))
     }

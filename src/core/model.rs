@@ -290,7 +290,7 @@ pub struct ThreadRecord {
 }
 
 /// Where a message stands on its way to the server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum MessageStatus {
     /// Stored locally, waiting in the outbox.
@@ -354,7 +354,7 @@ pub fn display_order(seq: Option<u64>, local_seq: u64) -> f64 {
 }
 
 /// Where a mutation stands in the outbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum MutationState {
     /// Waiting for its turn (or for `next_attempt_at`).
@@ -368,6 +368,61 @@ pub enum MutationState {
         /// Human-readable reason.
         message: String,
     },
+}
+
+/// The JSON fields of [`MessageStatus`] and [`MutationState`], read as one
+/// flat struct. Their `Deserialize` is written by hand: serde's derive for an
+/// internally tagged enum buffers the whole object in its generic `Content`
+/// tree first, which costs several KiB of wasm per enum. Same JSON, same
+/// errors for well-formed input.
+#[derive(Deserialize)]
+struct StateFields {
+    state: String,
+    code: Option<String>,
+    message: Option<String>,
+    recoverable: Option<bool>,
+}
+
+fn required<T, E: serde::de::Error>(value: Option<T>, field: &'static str) -> Result<T, E> {
+    value.ok_or_else(|| E::missing_field(field))
+}
+
+impl<'de> Deserialize<'de> for MessageStatus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let f = StateFields::deserialize(d)?;
+        Ok(match f.state.as_str() {
+            "pending" => MessageStatus::Pending,
+            "sending" => MessageStatus::Sending,
+            "sent" => MessageStatus::Sent,
+            "failed" => MessageStatus::Failed {
+                code: required(f.code, "code")?,
+                message: required(f.message, "message")?,
+                recoverable: required(f.recoverable, "recoverable")?,
+            },
+            "cancelled" => MessageStatus::Cancelled,
+            other => {
+                return Err(serde::de::Error::unknown_variant(
+                    other,
+                    &["pending", "sending", "sent", "failed", "cancelled"],
+                ))
+            }
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for MutationState {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let f = StateFields::deserialize(d)?;
+        Ok(match f.state.as_str() {
+            "queued" => MutationState::Queued,
+            "sending" => MutationState::Sending,
+            "failed" => MutationState::Failed {
+                code: required(f.code, "code")?,
+                message: required(f.message, "message")?,
+            },
+            other => return Err(serde::de::Error::unknown_variant(other, &["queued", "sending", "failed"])),
+        })
+    }
 }
 
 /// One row of the outbox: a change made locally, not yet acknowledged.

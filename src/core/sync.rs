@@ -11,7 +11,7 @@ use crate::core::model::{DeviceId, MessageId, Millis, ThreadId, UserId};
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// A change made on a client, as queued in its outbox and pushed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MutationBody {
     /// Create a thread; the creator is always a member.
@@ -81,6 +81,62 @@ impl MutationBody {
             | MutationBody::Delete { message_id, .. } => Some(*message_id),
             MutationBody::CreateThread { .. } | MutationBody::Join { .. } => None,
         }
+    }
+}
+
+// The internally tagged enums here ([`MutationBody`], [`Change`],
+// [`ServerEvent`]) are read by hand through one flat struct each: serde's
+// derive buffers the whole object in its generic `Content` tree first, which
+// costs several KiB of wasm per enum. Same JSON; a field of another variant
+// is ignored as before, but must then be well-formed.
+
+fn required<T, E: serde::de::Error>(value: Option<T>, field: &'static str) -> Result<T, E> {
+    value.ok_or_else(|| E::missing_field(field))
+}
+
+impl<'de> Deserialize<'de> for MutationBody {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Fields {
+            kind: String,
+            thread_id: ThreadId,
+            message_id: Option<MessageId>,
+            title: Option<Envelope>,
+            members: Option<Vec<UserId>>,
+            created_at: Option<Millis>,
+            body: Option<Envelope>,
+            client_ts: Option<Millis>,
+            invite: Option<String>,
+        }
+        let f = Fields::deserialize(d)?;
+        let thread_id = f.thread_id;
+        Ok(match f.kind.as_str() {
+            "create_thread" => MutationBody::CreateThread {
+                thread_id,
+                title: required(f.title, "title")?,
+                members: required(f.members, "members")?,
+                created_at: required(f.created_at, "created_at")?,
+            },
+            "send" => MutationBody::Send {
+                thread_id,
+                message_id: required(f.message_id, "message_id")?,
+                body: required(f.body, "body")?,
+                client_ts: required(f.client_ts, "client_ts")?,
+            },
+            "edit" => MutationBody::Edit {
+                thread_id,
+                message_id: required(f.message_id, "message_id")?,
+                body: required(f.body, "body")?,
+            },
+            "delete" => MutationBody::Delete { thread_id, message_id: required(f.message_id, "message_id")? },
+            "join" => MutationBody::Join { thread_id, invite: required(f.invite, "invite")? },
+            other => {
+                return Err(serde::de::Error::unknown_variant(
+                    other,
+                    &["create_thread", "send", "edit", "delete", "join"],
+                ))
+            }
+        })
     }
 }
 
@@ -179,7 +235,7 @@ pub struct ServerMessage {
 }
 
 /// One entry of the change feed: the current state of what changed at `seq`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Change {
     /// A thread was created, or its members changed (the caller may be new to it).
@@ -204,6 +260,25 @@ impl Change {
         match self {
             Change::Thread { seq, .. } | Change::Message { seq, .. } => *seq,
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for Change {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Fields {
+            #[serde(rename = "type")]
+            kind: String,
+            seq: u64,
+            thread: Option<ServerThread>,
+            message: Option<ServerMessage>,
+        }
+        let f = Fields::deserialize(d)?;
+        Ok(match f.kind.as_str() {
+            "thread" => Change::Thread { seq: f.seq, thread: required(f.thread, "thread")? },
+            "message" => Change::Message { seq: f.seq, message: required(f.message, "message")? },
+            other => return Err(serde::de::Error::unknown_variant(other, &["thread", "message"])),
+        })
     }
 }
 
@@ -233,7 +308,7 @@ pub struct PullResponse {
 }
 
 /// A message the server sends on the `/v1/events` WebSocket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerEvent {
     /// Something new is there, up to `cursor`; pull to get it.
@@ -241,6 +316,22 @@ pub enum ServerEvent {
         /// The newest change's seq.
         cursor: u64,
     },
+}
+
+impl<'de> Deserialize<'de> for ServerEvent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Fields {
+            #[serde(rename = "type")]
+            kind: String,
+            cursor: u64,
+        }
+        let f = Fields::deserialize(d)?;
+        match f.kind.as_str() {
+            "poke" => Ok(ServerEvent::Poke { cursor: f.cursor }),
+            other => Err(serde::de::Error::unknown_variant(other, &["poke"])),
+        }
+    }
 }
 
 /// The JSON body of every error answer.

@@ -7,7 +7,7 @@
 //! (`Write::Expect`). If another tab changed them meanwhile, the write is
 //! refused as a whole and the step starts again from a fresh read.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use crate::core::envelope::{Aad, SealKind};
 use crate::core::model::{
@@ -57,8 +57,11 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                 }
             }
         };
-        let mut touched: BTreeMap<MessageId, MessageRecord> =
-            records.into_iter().map(|r| (r.id, r)).collect();
+        // Sorted by id, as a map would be; a vector costs far less wasm.
+        let mut touched: Vec<MessageRecord> = Vec::with_capacity(records.len());
+        for record in records {
+            put_record(&mut touched, record);
+        }
         // Every record the decisions name, read in one go (a push answers
         // for up to a hundred messages).
         let wanted: Vec<MessageId> = decisions
@@ -70,11 +73,11 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                 Decision::Failed { body, .. } => body.message_id(),
                 _ => None,
             })
-            .filter(|id| !touched.contains_key(id))
+            .filter(|id| touched.binary_search_by_key(id, |r| r.id).is_err())
             .collect();
         if !wanted.is_empty() {
             for record in self.store.messages_by_id(&wanted).await? {
-                touched.insert(record.id, record);
+                put_record(&mut touched, record);
             }
         }
         let mut joined = Vec::new();
@@ -192,28 +195,32 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         if !joined.is_empty() {
             writes.push(self.joined_at_cursor(&joined).await?);
         }
-        writes.extend(touched.values().cloned().map(Write::PutMessage));
+        writes.extend(touched.iter().cloned().map(Write::PutMessage));
         writes.extend(extra);
         if !writes.is_empty() {
             self.store.write(writes).await?;
         }
-        applied.messages = touched.into_values().collect();
+        applied.messages = touched;
         Ok(applied)
     }
 
     /// The record of `id` for updating, read once per write.
     async fn touch<'a>(
         &self,
-        touched: &'a mut BTreeMap<MessageId, MessageRecord>,
+        touched: &'a mut Vec<MessageRecord>,
         id: MessageId,
     ) -> Result<Option<&'a mut MessageRecord>> {
-        if let std::collections::btree_map::Entry::Vacant(slot) = touched.entry(id) {
-            match self.store.message(id).await? {
-                Some(record) => slot.insert(record),
+        let at = match touched.binary_search_by_key(&id, |r| r.id) {
+            Ok(at) => at,
+            Err(at) => match self.store.message(id).await? {
+                Some(record) => {
+                    touched.insert(at, record);
+                    at
+                }
                 None => return Ok(None),
-            };
-        }
-        Ok(touched.get_mut(&id))
+            },
+        };
+        Ok(touched.get_mut(at))
     }
 
     /// Tells subscribers and listeners what a write changed, here and (by
@@ -232,7 +239,8 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
 
     /// Tells this client's subscribers and listeners what a write changed.
     pub(super) fn announce_here(&self, applied: &Applied) {
-        let mut by_thread: BTreeMap<_, Vec<Message>> = BTreeMap::new();
+        // By thread id, as a map would be.
+        let mut by_thread: Vec<(ThreadId, Vec<Message>)> = Vec::new();
         for record in &applied.messages {
             // Views are decrypted only for someone who listens.
             let status_changed =
@@ -244,7 +252,10 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             if status_changed {
                 self.emit(&ClientEvent::Status { message: view.clone() });
             }
-            by_thread.entry(record.thread_id).or_default().push(view);
+            match by_thread.binary_search_by_key(&record.thread_id, |(id, _)| *id) {
+                Ok(at) => by_thread[at].1.push(view),
+                Err(at) => by_thread.insert(at, (record.thread_id, vec![view])),
+            }
         }
         for (thread_id, messages) in by_thread {
             self.notify(thread_id, messages);
@@ -490,4 +501,12 @@ fn is_send_of(decision: &Decision, message_id: MessageId) -> bool {
 fn is_edit_of(decision: &Decision, message_id: MessageId) -> bool {
     matches!(decision, Decision::Enqueue(row)
         if matches!(row.body, MutationBody::Edit { message_id: id, .. } if id == message_id))
+}
+
+/// Adds or replaces `record` in `records`, kept sorted by id.
+fn put_record(records: &mut Vec<MessageRecord>, record: MessageRecord) {
+    match records.binary_search_by_key(&record.id, |r| r.id) {
+        Ok(at) => records[at] = record,
+        Err(at) => records.insert(at, record),
+    }
 }

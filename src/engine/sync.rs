@@ -11,7 +11,7 @@
 //! invite) gets a catch-up pull of its own history (`thread=ID`, its own
 //! cursor), kept in the store so a reload resumes it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use crate::core::conflict::{merge_message, merge_thread};
 use crate::core::model::{Millis, MutationState, ThreadId};
@@ -346,13 +346,13 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         }
     }
 
-    async fn catchup(&self) -> Result<BTreeMap<ThreadId, CatchUp>> {
+    async fn catchup(&self) -> Result<ThreadMap<CatchUp>> {
         self.meta_map(META_CATCHUP).await
     }
 
-    async fn meta_map<V: serde::de::DeserializeOwned>(&self, key: &str) -> Result<BTreeMap<ThreadId, V>> {
+    async fn meta_map<V: serde::de::DeserializeOwned>(&self, key: &str) -> Result<ThreadMap<V>> {
         match self.store.meta(key).await? {
-            None => Ok(BTreeMap::new()),
+            None => Ok(ThreadMap::default()),
             Some(text) => serde_json::from_str(&text).map_err(|_| corrupt(key, &text)),
         }
     }
@@ -361,9 +361,9 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
     /// the main feed stood: their catch-up pull stops there.
     pub(super) async fn joined_at_cursor(&self, threads: &[ThreadId]) -> Result<Write> {
         let cursor = self.cursor().await?;
-        let mut joined: BTreeMap<ThreadId, u64> = self.meta_map(META_JOINED).await?;
+        let mut joined: ThreadMap<u64> = self.meta_map(META_JOINED).await?;
         for &thread in threads {
-            joined.entry(thread).or_insert(cursor);
+            joined.or_insert(thread, cursor);
         }
         let value = serde_json::to_string(&joined).expect("joined map serializes");
         Ok(Write::PutMeta { key: META_JOINED.into(), value })
@@ -404,7 +404,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                     }
                 }
                 let mut catchup = self.catchup().await?;
-                let mut joined: BTreeMap<ThreadId, u64> = self.meta_map(META_JOINED).await?;
+                let mut joined: ThreadMap<u64> = self.meta_map(META_JOINED).await?;
                 let joined_before = joined.len();
                 // For the main feed, the stored cursor is where this page starts.
                 let from = if thread.is_none() { self.cursor().await? } else { 0 };
@@ -426,7 +426,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                                 // at pull time); those before need a pull of its own.
                                 let until = joined.remove(&remote.id).unwrap_or(from).min(from);
                                 if until > 0 {
-                                    catchup.entry(remote.id).or_insert(CatchUp { cursor: 0, until });
+                                    catchup.or_insert(remote.id, CatchUp { cursor: 0, until });
                                 }
                             }
                             writes.push(Write::PutThread(merge_thread(remote)));
@@ -535,5 +535,82 @@ impl PullResponse {
     /// A page with nothing in it, at `cursor`.
     fn empty(cursor: u64) -> Self {
         PullResponse { protocol: PROTOCOL_VERSION, changes: Vec::new(), cursor, has_more: false }
+    }
+}
+
+/// A small map from thread to value, sorted by thread, stored as a JSON
+/// object (as a `BTreeMap` would be); a vector costs far less wasm than a
+/// B-tree per value type.
+#[derive(Debug)]
+struct ThreadMap<V>(Vec<(ThreadId, V)>);
+
+impl<V> Default for ThreadMap<V> {
+    fn default() -> Self {
+        ThreadMap(Vec::new())
+    }
+}
+
+impl<V> ThreadMap<V> {
+    fn find(&self, thread: &ThreadId) -> std::result::Result<usize, usize> {
+        self.0.binary_search_by_key(thread, |(t, _)| *t)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn get_mut(&mut self, thread: &ThreadId) -> Option<&mut V> {
+        self.find(thread).ok().map(|at| &mut self.0[at].1)
+    }
+
+    fn remove(&mut self, thread: &ThreadId) -> Option<V> {
+        self.find(thread).ok().map(|at| self.0.remove(at).1)
+    }
+
+    fn or_insert(&mut self, thread: ThreadId, value: V) {
+        if let Err(at) = self.find(&thread) {
+            self.0.insert(at, (thread, value));
+        }
+    }
+}
+
+impl<V> IntoIterator for ThreadMap<V> {
+    type Item = (ThreadId, V);
+    type IntoIter = std::vec::IntoIter<(ThreadId, V)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<V: serde::Serialize> serde::Serialize for ThreadMap<V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(t, v)| (t, v)))
+    }
+}
+
+impl<'de, V: serde::Deserialize<'de>> serde::Deserialize<'de> for ThreadMap<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Entries<V>(std::marker::PhantomData<V>);
+        impl<'de, V: serde::Deserialize<'de>> serde::de::Visitor<'de> for Entries<V> {
+            type Value = ThreadMap<V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of thread ids")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut out = ThreadMap::default();
+                while let Some((thread, value)) = map.next_entry::<ThreadId, V>()? {
+                    // The last of duplicate keys wins, as in a BTreeMap.
+                    match out.find(&thread) {
+                        Ok(at) => out.0[at].1 = value,
+                        Err(at) => out.0.insert(at, (thread, value)),
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Entries(std::marker::PhantomData))
     }
 }

@@ -177,29 +177,39 @@ fn js_error(error: Error) -> JsValue {
 }
 
 fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
-    value
-        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
-        .map_err(|e| js_error(Error::Seal(format!("could not convert a result: {e}"))))
+    let text = serde_json::to_string(value)
+        .map_err(|e| js_error(Error::Seal(format!("could not convert a result: {e}"))))?;
+    js_sys::JSON::parse(&text)
 }
 
-/// Reads an options object. Unknown fields are refused: serde-wasm-bindgen
-/// only looks up the fields it knows, so a typo (`servrUrl`) would otherwise
-/// be silently ignored.
-fn from_js<T: DeserializeOwned>(value: JsValue, what: &str, fields: &[&str]) -> Result<T, JsValue> {
+fn from_js<T: DeserializeOwned>(value: JsValue, what: &str) -> Result<T, JsValue> {
     let refuse = |why: String| {
         let js = js_sys::Error::new(&format!("invalid {what}: {why}"));
         js.set_name("DovecoteError");
         let _ = js_sys::Reflect::set(&js, &"code".into(), &"invalid_input".into());
         JsValue::from(js)
     };
-    if let Some(object) = value.dyn_ref::<js_sys::Object>().filter(|_| !value.is_function()) {
-        for key in js_sys::Object::keys(object).iter().filter_map(|k| k.as_string()) {
-            if !fields.contains(&key.as_str()) {
-                return Err(refuse(format!("unknown field `{key}`, expected one of {}", fields.join(", "))));
-            }
-        }
+    let text =
+        Zeroizing::new(js_sys::JSON::stringify(&value).ok().and_then(|t| t.as_string()).unwrap_or_default());
+    serde_json::from_str(&text).map_err(|e| refuse(e.to_string()))
+}
+
+/// Splits `passphrase` from the open options: the passphrase, and a copy of
+/// the options without it (the caller's object is left alone). A passphrase
+/// that is not a string is refused.
+fn take_passphrase(options: JsValue) -> Result<(Option<String>, JsValue), JsValue> {
+    let Some(object) = options.dyn_ref::<js_sys::Object>() else { return Ok((None, options)) };
+    let key = JsValue::from_str("passphrase");
+    let value = js_sys::Reflect::get(object, &key).unwrap_or(JsValue::UNDEFINED);
+    if value.is_undefined() {
+        return Ok((None, options));
     }
-    serde_wasm_bindgen::from_value(value).map_err(|e| refuse(e.to_string()))
+    let Some(passphrase) = value.as_string() else {
+        return Err(js_error(Error::PassphraseRefused("the passphrase must be a string")));
+    };
+    let rest = js_sys::Object::assign(&js_sys::Object::new(), object);
+    let _ = js_sys::Reflect::delete_property(&rest, &key);
+    Ok((Some(passphrase), rest.into()))
 }
 
 fn parse_thread_id(id: &str) -> Result<ThreadId, JsValue> {
@@ -212,7 +222,6 @@ struct OpenOptions {
     db_name: String,
     user_id: String,
     device_name: Option<String>,
-    passphrase: Option<String>,
     server_url: Option<String>,
     token: Option<String>,
 }
@@ -295,13 +304,12 @@ impl ChatClient {
     pub async fn open(
         #[wasm_bindgen(unchecked_param_type = "OpenOptions")] options: JsValue,
     ) -> Result<ChatClient, JsValue> {
-        let mut options: OpenOptions = from_js(
-            options,
-            "options",
-            &["dbName", "userId", "deviceName", "passphrase", "serverUrl", "token"],
-        )?;
-        // Wiped when this function returns, however it returns.
-        let passphrase = Zeroizing::new(options.passphrase.take());
+        // The passphrase is taken out before the rest is parsed as JSON: the
+        // parser's scratch buffers are not wiped. Wiped when this function
+        // returns, however it returns.
+        let (passphrase, options) = take_passphrase(options)?;
+        let passphrase = Zeroizing::new(passphrase);
+        let options: OpenOptions = from_js(options, "options")?;
         let user = UserId::parse(&options.user_id).map_err(|e| js_error(e.into()))?;
         if passphrase.as_deref() == Some("") {
             return Err(js_error(Error::PassphraseRefused("the passphrase is empty")));
@@ -405,7 +413,7 @@ impl ChatClient {
     ) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
-            let options: CreateThreadOptions = from_js(options, "thread options", &["title", "members"])?;
+            let options: CreateThreadOptions = from_js(options, "thread options")?;
             let thread = inner.create_thread(&options.title, &options.members).await.map_err(js_error)?;
             to_js(&thread)
         })
@@ -442,7 +450,7 @@ impl ChatClient {
             let options: PageOptions = if options.is_undefined() || options.is_null() {
                 PageOptions::default()
             } else {
-                from_js(options, "page options", &["before", "limit"])?
+                from_js(options, "page options")?
             };
             let before = match options.before {
                 Some(id) => {
@@ -509,7 +517,14 @@ impl ChatClient {
         future_to_promise(async move {
             let code = Zeroizing::new(code);
             let thread_id = inner.import_thread_invite(&code).await.map_err(js_error)?;
-            to_js(&serde_json::json!({ "threadId": thread_id.to_string() }))
+            {
+                #[derive(Serialize)]
+                #[serde(rename_all = "camelCase")]
+                struct Imported {
+                    thread_id: ThreadId,
+                }
+                to_js(&Imported { thread_id })
+            }
         })
     }
 
