@@ -76,7 +76,7 @@ pub fn merge_thread(remote: &ServerThread) -> ThreadRecord {
         title: remote.title.clone(),
         members: {
             let mut members = remote.members.clone();
-            members.sort();
+            crate::core::model::sort_by_key(&mut members, |m| m);
             members.dedup();
             members
         },
@@ -128,7 +128,7 @@ mod tests {
         let merge = merge_message(Some(&local), &remote(42, Some(7), false, false), false);
         assert_eq!(merge.record.status, MessageStatus::Sent);
         assert_eq!(merge.record.seq, Some(42));
-        assert_eq!(merge.record.order, 42.0);
+        assert_eq!(merge.record.order, 42);
         assert_eq!(merge.record.id, local.id);
         assert!(merge.changed && !merge.superseded_local_change);
     }

@@ -22,7 +22,6 @@
 //! Randomness comes from `getrandom` (the OS, or `crypto.getRandomValues` on
 //! wasm32). Nothing here logs, and no `Debug` output contains key bytes.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -275,16 +274,21 @@ pub(crate) enum ReserveError {
 /// [`ROTATE_AFTER`] absorb.
 #[derive(Default)]
 pub struct KeyRing {
-    keys: HashMap<KeyId, RingEntry>,
-    current: HashMap<ThreadId, KeyId>,
-    /// Threads with at least one key, current or not.
-    threads: HashMap<ThreadId, Vec<KeyId>>,
+    /// Every key, in insert order. A device holds a few keys per thread, so
+    /// a scan is as fast as a hash map here and much smaller in wasm.
+    keys: Vec<RingEntry>,
+    /// The current key of each thread that has one.
+    current: Vec<(ThreadId, KeyId)>,
 }
 
 impl KeyRing {
     /// An empty ring.
     pub fn new() -> KeyRing {
         KeyRing::default()
+    }
+
+    fn entry(&self, key_id: KeyId) -> Option<&RingEntry> {
+        self.keys.iter().find(|entry| entry.key.id() == key_id)
     }
 
     /// Adds `key` for `thread_id`, having sealed `encryptions_so_far` times
@@ -305,7 +309,7 @@ impl KeyRing {
         current: bool,
     ) -> Result<(), KeyError> {
         let key_id = key.id();
-        match self.keys.get_mut(&key_id) {
+        match self.keys.iter_mut().find(|entry| entry.key.id() == key_id) {
             Some(entry) => {
                 if entry.thread_id != thread_id || !entry.key.same_as(&key) {
                     return Err(KeyError::KeyIdConflict(key_id));
@@ -314,13 +318,12 @@ impl KeyRing {
             }
             None => {
                 let cipher = key.cipher();
-                self.keys
-                    .insert(key_id, RingEntry { thread_id, key, cipher, encryptions: encryptions_so_far });
-                self.threads.entry(thread_id).or_default().push(key_id);
+                self.keys.push(RingEntry { thread_id, key, cipher, encryptions: encryptions_so_far });
             }
         }
         if current {
-            self.current.insert(thread_id, key_id);
+            self.current.retain(|(thread, _)| *thread != thread_id);
+            self.current.push((thread_id, key_id));
         }
         Ok(())
     }
@@ -328,41 +331,38 @@ impl KeyRing {
     /// Forgets every key of a thread (for example after leaving it). Its
     /// envelopes no longer open on this device.
     pub fn remove_thread(&mut self, thread_id: ThreadId) {
-        self.current.remove(&thread_id);
-        for key_id in self.threads.remove(&thread_id).unwrap_or_default() {
-            self.keys.remove(&key_id);
-        }
+        self.current.retain(|(thread, _)| *thread != thread_id);
+        self.keys.retain(|entry| entry.thread_id != thread_id);
     }
 
     /// The id of the key new seals in `thread_id` use, if there is one.
     pub fn current_key_id(&self, thread_id: ThreadId) -> Option<KeyId> {
-        self.current.get(&thread_id).copied()
+        self.current.iter().find(|(thread, _)| *thread == thread_id).map(|(_, key_id)| *key_id)
     }
 
     /// The key new seals in `thread_id` use (to put in an invite).
     pub fn current_key(&self, thread_id: ThreadId) -> Option<&ThreadKey> {
-        let key_id = self.current.get(&thread_id)?;
-        self.keys.get(key_id).map(|entry| &entry.key)
+        self.entry(self.current_key_id(thread_id)?).map(|entry| &entry.key)
     }
 
     /// A key by id, with the thread it belongs to.
     pub fn key(&self, key_id: KeyId) -> Option<(ThreadId, &ThreadKey)> {
-        self.keys.get(&key_id).map(|entry| (entry.thread_id, &entry.key))
+        self.entry(key_id).map(|entry| (entry.thread_id, &entry.key))
     }
 
     /// The ids of every key of `thread_id`, oldest insert first.
-    pub fn key_ids(&self, thread_id: ThreadId) -> &[KeyId] {
-        self.threads.get(&thread_id).map_or(&[], Vec::as_slice)
+    pub fn key_ids(&self, thread_id: ThreadId) -> Vec<KeyId> {
+        self.keys.iter().filter(|entry| entry.thread_id == thread_id).map(|entry| entry.key.id()).collect()
     }
 
     /// Whether the ring has any key (current or not) for `thread_id`.
     pub fn has_thread(&self, thread_id: ThreadId) -> bool {
-        self.threads.contains_key(&thread_id)
+        self.keys.iter().any(|entry| entry.thread_id == thread_id)
     }
 
     /// How many times this device sealed with `key_id` (0 if unknown).
     pub fn encryption_count(&self, key_id: KeyId) -> u64 {
-        self.keys.get(&key_id).map_or(0, |entry| entry.encryptions)
+        self.entry(key_id).map_or(0, |entry| entry.encryptions)
     }
 
     /// Whether the current key of `thread_id` has sealed [`ROTATE_AFTER`]
@@ -370,9 +370,8 @@ impl KeyRing {
     /// current. False for a thread without a current key: there is nothing
     /// to rotate (see [`KeyRing::has_thread`]).
     pub fn needs_rotation(&self, thread_id: ThreadId) -> bool {
-        self.current
-            .get(&thread_id)
-            .and_then(|key_id| self.keys.get(key_id))
+        self.current_key_id(thread_id)
+            .and_then(|key_id| self.entry(key_id))
             .is_some_and(|entry| entry.encryptions >= ROTATE_AFTER)
     }
 
@@ -380,8 +379,9 @@ impl KeyRing {
     /// cipher. The count goes up before sealing, so a failed seal never lets
     /// a nonce go uncounted.
     pub(crate) fn reserve_seal(&mut self, thread_id: ThreadId) -> Result<(KeyId, &Aes256Gcm), ReserveError> {
-        let key_id = *self.current.get(&thread_id).ok_or(ReserveError::NoCurrentKey)?;
-        let entry = self.keys.get_mut(&key_id).ok_or(ReserveError::NoCurrentKey)?;
+        let key_id = self.current_key_id(thread_id).ok_or(ReserveError::NoCurrentKey)?;
+        let entry =
+            self.keys.iter_mut().find(|entry| entry.key.id() == key_id).ok_or(ReserveError::NoCurrentKey)?;
         if entry.encryptions >= MAX_ENCRYPTIONS_PER_KEY {
             return Err(ReserveError::Exhausted(key_id));
         }
@@ -391,7 +391,7 @@ impl KeyRing {
 
     /// The cipher of `key_id`, only if that key belongs to `thread_id`.
     pub(crate) fn cipher_for(&self, thread_id: ThreadId, key_id: KeyId) -> Option<&Aes256Gcm> {
-        self.keys.get(&key_id).filter(|entry| entry.thread_id == thread_id).map(|entry| &entry.cipher)
+        self.entry(key_id).filter(|entry| entry.thread_id == thread_id).map(|entry| &entry.cipher)
     }
 }
 
@@ -399,10 +399,11 @@ impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Ids and counts only: enough to debug rotation, nothing secret.
         let mut map = f.debug_map();
-        for (key_id, entry) in &self.keys {
-            let current = self.current.get(&entry.thread_id) == Some(key_id);
+        for entry in &self.keys {
+            let key_id = entry.key.id();
+            let current = self.current_key_id(entry.thread_id) == Some(key_id);
             map.entry(
-                key_id,
+                &key_id,
                 &format_args!(
                     "{{thread: {}, encryptions: {}, current: {}}}",
                     entry.thread_id, entry.encryptions, current

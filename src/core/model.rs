@@ -336,20 +336,35 @@ pub struct MessageRecord {
     /// Where it stands.
     pub status: MessageStatus,
     /// Display order within the thread; see [`display_order`].
-    pub order: f64,
+    pub order: u64,
+}
+
+/// Sorts `items` by `key`, stably: an insertion sort. The lists sorted here
+/// (members, an outbox read in order, a page of ids) are short or already
+/// sorted, where it is as fast as the standard sort and a fraction of its
+/// wasm, which is instantiated per element type.
+pub fn sort_by_key<T, K: Ord + ?Sized>(items: &mut [T], key: impl Fn(&T) -> &K) {
+    for i in 1..items.len() {
+        let mut j = i;
+        while j > 0 && key(&items[j - 1]) > key(&items[j]) {
+            items.swap(j - 1, j);
+            j -= 1;
+        }
+    }
 }
 
 /// Pending messages sort after every sent one: their order starts here.
-/// 2^52 keeps every order an exact integer in an f64 (IndexedDB keys are f64).
-pub const PENDING_ORDER_BASE: f64 = 4_503_599_627_370_496.0;
+/// 2^52: every order stays below 2^53, an exact integer in an f64 (IndexedDB
+/// keys and JS numbers are f64).
+pub const PENDING_ORDER_BASE: u64 = 1 << 52;
 
 /// The display order of a message: server order once sent, and local order
 /// (after all sent messages) while pending. An ack moves a message from the
 /// pending range to its seq, which is never above a later pending message.
-pub fn display_order(seq: Option<u64>, local_seq: u64) -> f64 {
+pub fn display_order(seq: Option<u64>, local_seq: u64) -> u64 {
     match seq {
-        Some(seq) => seq as f64,
-        None => PENDING_ORDER_BASE + local_seq as f64,
+        Some(seq) => seq,
+        None => PENDING_ORDER_BASE + local_seq,
     }
 }
 
@@ -511,6 +526,6 @@ mod tests {
     fn pending_messages_order_after_sent_ones() {
         assert!(display_order(Some(1 << 40), 0) < display_order(None, 0));
         assert!(display_order(None, 1) < display_order(None, 2));
-        assert_eq!(display_order(None, 1 << 50) as u64, (1u64 << 52) + (1 << 50));
+        assert_eq!(display_order(None, 1 << 50), (1u64 << 52) + (1 << 50));
     }
 }

@@ -117,8 +117,6 @@
 //! are unchanged since they were read (same `state` and `attempts`), in the
 //! same store transaction: otherwise a rewrite could race a push.
 
-use std::collections::HashMap;
-
 use crate::core::envelope::Envelope;
 use crate::core::model::{MessageId, MessageStatus, Millis, Mutation, MutationState};
 use crate::core::sync::{Ack, ErrorDetail, MutationBody, PushResponse, PROTOCOL_VERSION};
@@ -421,7 +419,7 @@ pub fn wire_size(body: &MutationBody) -> usize {
 
 fn sorted(outbox: &[Mutation]) -> Vec<&Mutation> {
     let mut rows: Vec<&Mutation> = outbox.iter().collect();
-    rows.sort_by_key(|m| m.mutation_id);
+    crate::core::model::sort_by_key(&mut rows, |m| &m.mutation_id);
     rows
 }
 
@@ -554,21 +552,22 @@ pub fn on_push_result(
         let why = format!("protocol version {} instead of {PROTOCOL_VERSION}", response.protocol);
         return on_transport_failure(outbox, batch, &TransportFailure::Protocol(why), now, random);
     }
-    let acks: HashMap<u64, &Ack> = response.acks.iter().map(|a| (a.mutation_id, a)).collect();
-    let rejections: HashMap<u64, _> = response.rejected.iter().map(|r| (r.mutation_id, r)).collect();
-    let progress = batch.iter().any(|id| acks.contains_key(id) || rejections.contains_key(id));
+    // A batch is at most a few hundred rows: a scan is cheap, and small in wasm.
+    let ack_of = |id: u64| response.acks.iter().find(|a| a.mutation_id == id);
+    let rejection_of = |id: u64| response.rejected.iter().find(|r| r.mutation_id == id);
+    let progress = batch.iter().any(|id| ack_of(*id).is_some() || rejection_of(*id).is_some());
 
     let mut out = Vec::new();
     let mut unanswered = Vec::new();
     for &id in batch {
         let Some(row) = row(outbox, id) else { continue };
-        if let Some(ack) = acks.get(&id) {
+        if let Some(ack) = ack_of(id) {
             out.push(Decision::Remove(id));
             if let Some(message_id) = send_message(row) {
                 out.push(Decision::MessageSent { message_id, seq: ack.seq, server_ts: ack.server_ts });
             }
-            out.push(Decision::Applied { body: row.body.clone(), ack: **ack });
-        } else if let Some(rejection) = rejections.get(&id) {
+            out.push(Decision::Applied { body: row.body.clone(), ack: *ack });
+        } else if let Some(rejection) = rejection_of(id) {
             out.extend(fail(outbox, row, &rejection.code, &rejection.message));
         } else if id > response.last_mutation_id && progress {
             out.extend(requeue_untried(row, now));

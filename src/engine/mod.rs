@@ -15,7 +15,6 @@ pub use views::ErrorInfo;
 pub use views::{ClientEvent, Message, OutboxEntry, SyncState, Thread, ThreadChange};
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
@@ -83,7 +82,7 @@ pub struct Client<S: Store, C: Clock, W: KeyWrapper> {
     ids: IdGenerator,
     keys: RefCell<KeyRing>,
     /// Stored key records, to persist encryption counts and rotations.
-    key_records: RefCell<HashMap<KeyId, WrappedKey>>,
+    key_records: RefCell<KeyRecords>,
     subscribers: RefCell<Vec<(SubscriptionId, ThreadId, Callback)>>,
     listeners: RefCell<Vec<(SubscriptionId, EventCallback)>>,
     change_sink: RefCell<Option<ChangeSink>>,
@@ -149,7 +148,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         let records = store.keys().await?;
         let current = current_keys(&records);
         let mut ring = KeyRing::default();
-        let mut key_records = HashMap::new();
+        let mut key_records = KeyRecords::default();
         for record in records {
             // A key that does not unwrap stays out of the ring: its messages
             // show as undecryptable (key_missing) instead of failing the open.
@@ -237,7 +236,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         for member in members {
             all.push(UserId::parse(member)?);
         }
-        all.sort();
+        crate::core::model::sort_by_key(&mut all, |u| u);
         all.dedup();
 
         let now = self.clock.now();
@@ -561,7 +560,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         }
         let mut ids = changes.messages.clone();
         ids.extend(changes.statuses.iter().copied());
-        ids.sort_unstable();
+        crate::core::model::sort_by_key(&mut ids, |id| id);
         ids.dedup();
         let mut applied = mutations::Applied::default();
         for id in ids {
@@ -710,14 +709,47 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
 /// so if two rotations of a thread raced (each demotes the key it saw as
 /// current); either key works for everyone, so picking one deterministically
 /// is enough.
-fn current_keys(records: &[WrappedKey]) -> HashMap<ThreadId, KeyId> {
-    let mut current: HashMap<ThreadId, (Millis, KeyId)> = HashMap::new();
+fn current_keys(records: &[WrappedKey]) -> CurrentKeys {
+    let mut current: Vec<(ThreadId, (Millis, KeyId))> = Vec::new();
     for record in records.iter().filter(|r| r.current) {
         let candidate = (record.created_at, record.key_id);
-        let entry = current.entry(record.thread_id).or_insert(candidate);
-        *entry = (*entry).max(candidate);
+        match current.iter_mut().find(|(thread, _)| *thread == record.thread_id) {
+            Some((_, best)) => *best = (*best).max(candidate),
+            None => current.push((record.thread_id, candidate)),
+        }
     }
-    current.into_iter().map(|(thread, (_, key))| (thread, key)).collect()
+    CurrentKeys(current.into_iter().map(|(thread, (_, key))| (thread, key)).collect())
+}
+
+/// The current key of each thread (see [`current_keys`]).
+struct CurrentKeys(Vec<(ThreadId, KeyId)>);
+
+impl CurrentKeys {
+    fn get(&self, thread_id: &ThreadId) -> Option<&KeyId> {
+        self.0.iter().find(|(thread, _)| thread == thread_id).map(|(_, key)| key)
+    }
+}
+
+/// The stored record of each key in the ring, by key id. A few per thread:
+/// a scan costs nothing next to the store, and far less wasm than a map.
+#[derive(Default)]
+struct KeyRecords(Vec<WrappedKey>);
+
+impl KeyRecords {
+    fn get(&self, key_id: &KeyId) -> Option<&WrappedKey> {
+        self.0.iter().find(|r| r.key_id == *key_id)
+    }
+
+    fn get_mut(&mut self, key_id: &KeyId) -> Option<&mut WrappedKey> {
+        self.0.iter_mut().find(|r| r.key_id == *key_id)
+    }
+
+    fn insert(&mut self, key_id: KeyId, record: WrappedKey) {
+        match self.get_mut(&key_id) {
+            Some(slot) => *slot = record,
+            None => self.0.push(record),
+        }
+    }
 }
 
 /// Whether two keys have the same bytes, in time that does not depend on

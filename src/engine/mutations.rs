@@ -7,8 +7,6 @@
 //! (`Write::Expect`). If another tab changed them meanwhile, the write is
 //! refused as a whole and the step starts again from a fresh read.
 
-use std::collections::HashSet;
-
 use crate::core::envelope::{Aad, SealKind};
 use crate::core::model::{
     display_order, validate_body, MessageId, MessageRecord, MessageStatus, Mutation, MutationState, ThreadId,
@@ -49,9 +47,10 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         extra: Vec<Write>,
     ) -> Result<Applied> {
         let mut writes = Vec::new();
-        let mut expected = HashSet::new();
+        let mut expected: Vec<u64> = Vec::new();
         let mut expect = |writes: &mut Vec<Write>, id: u64| {
-            if expected.insert(id) {
+            if !expected.contains(&id) {
+                expected.push(id);
                 if let Some(row) = snapshot.iter().find(|m| m.mutation_id == id) {
                     writes.push(Write::Expect(row.clone()));
                 }
@@ -83,7 +82,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         let mut joined = Vec::new();
         let mut applied = Applied::default();
         // Messages whose send the server refused: they are not on the server.
-        let mut refused: HashSet<MessageId> = snapshot
+        let mut refused: Vec<MessageId> = snapshot
             .iter()
             .filter(|m| matches!(m.state, MutationState::Failed { .. }))
             .filter_map(|m| match m.body {
@@ -135,7 +134,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                 // while the send was in doubt: nothing of it is on the
                 // server, so it ends withdrawn (`cancelled`), not failed.
                 Decision::Failed { mutation_id, body: MutationBody::Send { message_id, .. }, .. } => {
-                    refused.insert(message_id);
+                    refused.push(message_id);
                     if let Some(record) = self.touch(&mut touched, message_id).await? {
                         if record.deleted {
                             writes.push(Write::RemoveMutation(mutation_id));

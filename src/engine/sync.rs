@@ -11,8 +11,6 @@
 //! invite) gets a catch-up pull of its own history (`thread=ID`, its own
 //! cursor), kept in the store so a reload resumes it.
 
-use std::collections::HashSet;
-
 use crate::core::conflict::{merge_message, merge_thread};
 use crate::core::model::{Millis, MutationState, ThreadId};
 use crate::core::outbox::{self, classify, BatchLimit, ErrorClass, TransportFailure};
@@ -386,8 +384,8 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                 threads_changed = false;
                 // Messages with a local change still to go, and own sends
                 // still in the outbox (their ack may have been lost).
-                let mut changing = HashSet::new();
-                let mut sending = HashSet::new();
+                let mut changing = Vec::new();
+                let mut sending = Vec::new();
                 for row in &rows {
                     match (&row.body, &row.state) {
                         (_, MutationState::Failed { .. }) => {}
@@ -395,10 +393,10 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                             MutationBody::Edit { message_id, .. } | MutationBody::Delete { message_id, .. },
                             _,
                         ) => {
-                            changing.insert(*message_id);
+                            changing.push(*message_id);
                         }
                         (MutationBody::Send { message_id, .. }, _) => {
-                            sending.insert(*message_id);
+                            sending.push(*message_id);
                         }
                         _ => {}
                     }
@@ -408,12 +406,12 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                 let joined_before = joined.len();
                 // For the main feed, the stored cursor is where this page starts.
                 let from = if thread.is_none() { self.cursor().await? } else { 0 };
-                let known: HashSet<ThreadId> =
-                    if page.changes.iter().any(|c| matches!(c, Change::Thread { .. })) {
-                        self.store.threads().await?.into_iter().map(|t| t.id).collect()
-                    } else {
-                        HashSet::new()
-                    };
+                let known: Vec<ThreadId> = if page.changes.iter().any(|c| matches!(c, Change::Thread { .. }))
+                {
+                    self.store.threads().await?.into_iter().map(|t| t.id).collect()
+                } else {
+                    Vec::new()
+                };
                 let mut writes = Vec::new();
                 let mut records = Vec::new();
                 let mut decisions = Vec::new();
