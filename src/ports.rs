@@ -117,7 +117,7 @@ pub trait Store {
     async fn messages_before(
         &self,
         thread: ThreadId,
-        before: Option<(f64, MessageId)>,
+        before: Option<(u64, MessageId)>,
         limit: u32,
     ) -> StoreResult<Vec<MessageRecord>>;
     /// The outbox, by increasing `mutation_id`.

@@ -100,7 +100,7 @@ impl Store for MemoryStore {
     async fn messages_before(
         &self,
         thread: ThreadId,
-        before: Option<(f64, MessageId)>,
+        before: Option<(u64, MessageId)>,
         limit: u32,
     ) -> StoreResult<Vec<MessageRecord>> {
         let tables = self.tables.borrow();

@@ -445,7 +445,7 @@ impl Store for IdbStore {
     async fn messages_before(
         &self,
         thread: ThreadId,
-        before: Option<(f64, MessageId)>,
+        before: Option<(u64, MessageId)>,
         limit: u32,
     ) -> StoreResult<Vec<MessageRecord>> {
         if limit == 0 {
@@ -455,7 +455,11 @@ impl Store for IdbStore {
         let lower = js_sys::Array::of1(&thread);
         let (upper, upper_open) = match before {
             Some((order, id)) => (
-                js_sys::Array::of3(&thread, &JsValue::from_f64(order), &JsValue::from_str(&id.to_string())),
+                js_sys::Array::of3(
+                    &thread,
+                    &JsValue::from_f64(order as f64),
+                    &JsValue::from_str(&id.to_string()),
+                ),
                 true,
             ),
             // An array sorts above every number: this bound is past the newest.
