@@ -22,14 +22,14 @@ macro_rules! store_contract_tests {
             threads_round_trip, message_upsert_replaces, pages_are_newest_first_and_complete,
             pages_stop_at_thread_boundaries, mutation_ids_increase_across_removals,
             outbox_rows_update_and_remove, write_is_all_or_nothing_in_effect, meta_round_trip,
-            expect_is_compare_and_set);
+            expect_is_compare_and_set, messages_by_id_reads_what_is_stored);
     };
     (wasm, $make:expr) => {
         $crate::store_contract_tests!(@each wasm, $make,
             threads_round_trip, message_upsert_replaces, pages_are_newest_first_and_complete,
             pages_stop_at_thread_boundaries, mutation_ids_increase_across_removals,
             outbox_rows_update_and_remove, write_is_all_or_nothing_in_effect, meta_round_trip,
-            expect_is_compare_and_set);
+            expect_is_compare_and_set, messages_by_id_reads_what_is_stored);
     };
     (@each native, $make:expr, $($name:ident),*) => {$(
         #[test]
@@ -275,4 +275,20 @@ pub async fn expect_is_compare_and_set<S: Store>(store: &S) {
     // The refused Enqueue above did not use up an id in a way that breaks order.
     let next = store.write(vec![Write::Enqueue(send_mutation(&m))]).await.unwrap();
     assert!(next[0] > ids[0]);
+}
+
+/// `messages_by_id` returns the stored messages among the ids, leaving out
+/// unknown ones, whatever their order.
+pub async fn messages_by_id_reads_what_is_stored<S: Store>(store: &S) {
+    let t = thread(1);
+    let stored: Vec<MessageRecord> = (0..5).map(|n| message(t.id, n, None)).collect();
+    store.write(stored.iter().cloned().map(Write::PutMessage).collect()).await.unwrap();
+    let unknown = message(t.id, 99, None).id;
+    let ids = [stored[3].id, unknown, stored[0].id, stored[3].id];
+    let mut found = store.messages_by_id(&ids).await.unwrap();
+    found.sort_by_key(|m| m.id);
+    found.dedup_by_key(|m| m.id);
+    assert_eq!(found, vec![stored[0].clone(), stored[3].clone()]);
+    assert_eq!(store.messages_by_id(&[]).await.unwrap(), vec![]);
+    assert_eq!(store.messages_by_id(&[unknown]).await.unwrap(), vec![]);
 }

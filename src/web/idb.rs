@@ -438,6 +438,11 @@ impl Store for IdbStore {
         self.get_all(THREADS).await
     }
 
+    async fn messages_by_id(&self, ids: &[MessageId]) -> StoreResult<Vec<MessageRecord>> {
+        let keys = ids.iter().map(|id| JsValue::from_str(&id.to_string())).collect();
+        from_js(MESSAGES, &self.read(&Fetch::Many(MESSAGES, keys)).await?)
+    }
+
     async fn message(&self, id: MessageId) -> StoreResult<Option<MessageRecord>> {
         self.get(MESSAGES, JsValue::from_str(&id.to_string())).await
     }
@@ -591,6 +596,8 @@ enum Fetch {
     Get(&'static str, JsValue),
     /// Every record of a store, as an array.
     All(&'static str),
+    /// The records of these keys that exist, as an array, in one transaction.
+    Many(&'static str, Vec<JsValue>),
     /// Up to `limit` messages of the `by_thread_order` range, newest first,
     /// as an array.
     Page { lower: js_sys::Array, upper: js_sys::Array, upper_open: bool, limit: u32 },
@@ -599,7 +606,7 @@ enum Fetch {
 impl Fetch {
     fn store(&self) -> &'static str {
         match self {
-            Fetch::Get(store, _) | Fetch::All(store) => store,
+            Fetch::Get(store, _) | Fetch::All(store) | Fetch::Many(store, _) => store,
             Fetch::Page { .. } => MESSAGES,
         }
     }
@@ -610,6 +617,19 @@ impl Fetch {
             Fetch::Get(_, key) => Ok(store.get(key.clone())?.await?.unwrap_or(JsValue::UNDEFINED)),
             Fetch::All(_) => {
                 Ok(store.get_all(None, None)?.await?.into_iter().collect::<js_sys::Array>().into())
+            }
+            Fetch::Many(_, keys) => {
+                // Every request is issued before the first is awaited: they
+                // run together, in one transaction.
+                let requests =
+                    keys.iter().map(|key| store.get(key.clone())).collect::<Result<Vec<_>, _>>()?;
+                let found = js_sys::Array::new();
+                for request in requests {
+                    if let Some(value) = request.await? {
+                        found.push(&value);
+                    }
+                }
+                Ok(found.into())
             }
             Fetch::Page { lower, upper, upper_open, limit } => {
                 let range = KeyRange::bound(lower, upper, Some(false), Some(*upper_open))?;

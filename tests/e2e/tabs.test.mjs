@@ -96,6 +96,7 @@ test("3 tabs send 100 messages each while the leader is closed twice: 300 on the
   let tabs = [await openTab(context, db), await openTab(context, db), await openTab(context, db)];
   const threadId = await tabs[0].page.evaluate(async () => (await window.client.createThread({ title: "Tabs" })).id);
   for (const tab of tabs) await watch(tab, threadId);
+  const original = new Set(tabs);
 
   // Two random rounds (of 10) after which the current leader tab is closed.
   const rounds = 10;
@@ -131,10 +132,6 @@ test("3 tabs send 100 messages each while the leader is closed twice: 300 on the
   assert.equal(new Set(held.map((m) => m.id)).size, 300, "each once");
   assert.equal(new Set(held.map((m) => m.body)).size, 300);
   held.sort((a, b) => a.seq - b.seq);
-  for (let sender = 0; sender < 3; sender++) {
-    const mine = held.filter((m) => m.client_ts && true).map((m) => m.id);
-    assert.ok(mine.length > 0);
-  }
   // Per-sender order: read the decrypted bodies in server order in one tab.
   const bodies = await tabs[0].page.evaluate(
     async (threadId) => (await window.client.messages(threadId, { limit: 1000 })).map((m) => [m.body, m.status.state]),
@@ -161,7 +158,7 @@ test("3 tabs send 100 messages each while the leader is closed twice: 300 on the
     assert.deepEqual(tab.errors, []);
   }
   // The tab open from the start learned every message and status by subscription.
-  const survivor = tabs.find((t) => t === tabs[0]) ?? tabs[0];
+  const survivor = tabs.find((t) => original.has(t)); // 3 tabs, 2 closed: one is left
   const shown = await waitUntil("subscriptions to report all 300 sent", () =>
     survivor.page.evaluate(() => {
       const all = [...window.shown.values()];
