@@ -51,3 +51,22 @@ export function launchBrowser() {
     ],
   });
 }
+
+/** Every message the server holds for `user` (dev sign-in, whole feed), in server order. */
+export async function serverMessages(url, user) {
+  const { token } = await fetch(`${url}/v1/session`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ user }),
+  }).then((r) => r.json());
+  const messages = [];
+  for (let cursor = 0, more = true; more; ) {
+    const page = await fetch(`${url}/v1/pull?cursor=${cursor}&limit=1000`, {
+      headers: { authorization: `Bearer ${token}` },
+    }).then((r) => r.json());
+    messages.push(...page.changes.filter((c) => c.type === "message").map((c) => c.message));
+    cursor = page.cursor;
+    more = page.has_more;
+  }
+  return messages.sort((a, b) => a.seq - b.seq);
+}

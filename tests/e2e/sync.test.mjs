@@ -5,7 +5,7 @@
 // is retried without a duplicate.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startServer, launchBrowser } from "./harness.mjs";
+import { startServer, launchBrowser, serverMessages } from "./harness.mjs";
 
 let browser;
 before(async () => {
@@ -24,25 +24,6 @@ async function sdkPage(server) {
   await page.goto(`${server.url}/tests/e2e/sdk.html`);
   await page.waitForSelector("body[data-ready=true]", { state: "attached" });
   return { page, errors };
-}
-
-/** Every message the server holds for `user`, by pulling its whole feed. */
-async function serverMessages(url, user) {
-  const session = await fetch(`${url}/v1/session`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ user }),
-  }).then((r) => r.json());
-  const messages = [];
-  for (let cursor = 0, more = true; more; ) {
-    const page = await fetch(`${url}/v1/pull?cursor=${cursor}&limit=1000`, {
-      headers: { authorization: `Bearer ${session.token}` },
-    }).then((r) => r.json());
-    messages.push(...page.changes.filter((c) => c.type === "message").map((c) => c.message));
-    cursor = page.cursor;
-    more = page.has_more;
-  }
-  return messages.sort((a, b) => a.seq - b.seq);
 }
 
 test("500 messages sent while the server is down arrive once, in order, after a reopen; a second client sees them", async () => {

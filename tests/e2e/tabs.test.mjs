@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdirSync, writeFileSync } from "node:fs";
-import { startServer, launchBrowser } from "./harness.mjs";
+import { startServer, launchBrowser, serverMessages } from "./harness.mjs";
 
 const output = new URL("../../test-output/", import.meta.url).pathname;
 let browser;
@@ -62,24 +62,6 @@ async function leaderOf(tabs) {
   throw new Error("no leader after 10 s");
 }
 
-async function serverMessages(user) {
-  const { token } = await fetch(`${server.url}/v1/session`, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ user }),
-  }).then((r) => r.json());
-  const all = [];
-  for (let cursor = 0, more = true; more; ) {
-    const page = await fetch(`${server.url}/v1/pull?cursor=${cursor}&limit=1000`, {
-      headers: { authorization: `Bearer ${token}` },
-    }).then((r) => r.json());
-    all.push(...page.changes.filter((c) => c.type === "message").map((c) => c.message));
-    cursor = page.cursor;
-    more = page.has_more;
-  }
-  return all;
-}
-
 async function waitUntil(what, check, ms = 60_000) {
   const end = Date.now() + ms;
   for (;;) {
@@ -127,7 +109,7 @@ test("3 tabs send 100 messages each while the leader is closed twice: 300 on the
   assert.equal(closed, 2);
 
   await waitUntil("the outbox to drain", async () => (await tabs[0].page.evaluate(() => window.client.outbox())).length === 0);
-  const held = await serverMessages("alice");
+  const held = await serverMessages(server.url, "alice");
   assert.equal(held.length, 300, "the server holds 300 messages");
   assert.equal(new Set(held.map((m) => m.id)).size, 300, "each once");
   assert.equal(new Set(held.map((m) => m.body)).size, 300);
@@ -195,7 +177,7 @@ test("a follower tab's message is delivered while only the leader tab has a netw
   );
   assert.equal(state, "sent");
   assert.equal(followerRequests, 0, "the follower never talks to the network");
-  const held = await serverMessages("alice");
+  const held = await serverMessages(server.url, "alice");
   assert.equal(held.filter((m) => m.thread_id === threadId).length, 1);
   await context.close();
 });
@@ -227,7 +209,7 @@ test("leader handover: close the leader, the next tab pushes (20 handovers, time
     tabs[tabs.indexOf(leader)] = await openTab(context, db);
   }
   await waitUntil("all handover messages on the server", async () =>
-    (await serverMessages("alice")).filter((m) => m.thread_id === threadId).length === 20,
+    (await serverMessages(server.url, "alice")).filter((m) => m.thread_id === threadId).length === 20,
   );
   times.sort((a, b) => a - b);
   const result = { handovers: times.length, median_ms: +times[10].toFixed(1), worst_ms: +times[19].toFixed(1) };
