@@ -776,6 +776,18 @@ impl FakeTransport {
     }
 
     /// The `401` of an expired session, counted; `None` while it is valid.
+    /// Refusals before any fault roll: the server is down (what was held
+    /// back lands first, as on a real network) or the session expired.
+    fn unreachable(&self) -> Option<TransportFailure> {
+        if self.server.is_down() {
+            self.net.borrow_mut().stats.down += 1;
+            let held = std::mem::take(&mut self.net.borrow_mut().held);
+            self.deliver(held);
+            return Some(TransportFailure::Network);
+        }
+        self.unauthorized()
+    }
+
     fn unauthorized(&self) -> Option<TransportFailure> {
         let mut net = self.net.borrow_mut();
         net.expired.then(|| {
@@ -942,13 +954,7 @@ impl Transport for FakeTransport {
             }
             return std::future::pending().await;
         }
-        if self.server.is_down() {
-            self.net.borrow_mut().stats.down += 1;
-            let held = std::mem::take(&mut self.net.borrow_mut().held);
-            self.deliver(held);
-            return Err(TransportFailure::Network);
-        }
-        if let Some(failure) = self.unauthorized() {
+        if let Some(failure) = self.unreachable() {
             return Err(failure);
         }
         let (fault, before, after) = self.roll(true);
@@ -992,13 +998,7 @@ impl Transport for FakeTransport {
 
     async fn pull(&self, request: &PullRequest) -> Result<PullResponse, TransportFailure> {
         self.net.borrow_mut().stats.pulls += 1;
-        if self.server.is_down() {
-            self.net.borrow_mut().stats.down += 1;
-            let held = std::mem::take(&mut self.net.borrow_mut().held);
-            self.deliver(held);
-            return Err(TransportFailure::Network);
-        }
-        if let Some(failure) = self.unauthorized() {
+        if let Some(failure) = self.unreachable() {
             return Err(failure);
         }
         let (fault, before, after) = self.roll(false);
