@@ -562,12 +562,8 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         ids.extend(changes.statuses.iter().copied());
         crate::core::model::sort_by_key(&mut ids, |id| id);
         ids.dedup();
-        let mut applied = mutations::Applied::default();
-        for id in ids {
-            if let Some(record) = self.store.message(id).await? {
-                applied.messages.push(record);
-            }
-        }
+        let mut applied =
+            mutations::Applied { messages: self.store.messages_by_id(&ids).await?, ..Default::default() };
         applied.status_changed = changes.statuses.clone();
         self.announce_here(&applied);
         if changes.threads {

@@ -82,14 +82,6 @@ enum Pushed {
     Stopped(ErrorInfo),
 }
 
-fn failure_info(failure: &TransportFailure) -> ErrorInfo {
-    match classify(failure) {
-        ErrorClass::Transient { code, message, .. } | ErrorClass::Permanent { code, message } => {
-            ErrorInfo { code, message }
-        }
-    }
-}
-
 fn is_unauthorized(failure: &TransportFailure) -> bool {
     matches!(failure, TransportFailure::Status { status: 401, .. })
 }
@@ -148,10 +140,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         match &result {
             Ok(report) => match &report.failure {
                 None => self.set_sync_state(SyncState::Idle, None),
-                Some(e) if matches!(e.code.as_str(), "network" | "timeout") => {
-                    self.set_sync_state(SyncState::Offline, Some(e.clone()))
-                }
-                Some(e) => self.set_sync_state(SyncState::Error, Some(e.clone())),
+                Some(e) => self.set_sync_state(e.sync_state(), Some(e.clone())),
             },
             Err(e) => self.set_sync_state(
                 SyncState::Error,
@@ -265,9 +254,9 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                 Ok(Pushed::Batch)
             }
             Err(failure) => match classify(&failure) {
-                _ if is_unauthorized(&failure) => Ok(Pushed::Stopped(failure_info(&failure))),
+                _ if is_unauthorized(&failure) => Ok(Pushed::Stopped(ErrorInfo::from(&failure))),
                 // The rows wait out their backoff; the round ends here.
-                ErrorClass::Transient { .. } => Ok(Pushed::Stopped(failure_info(&failure))),
+                ErrorClass::Transient { .. } => Ok(Pushed::Stopped(ErrorInfo::from(&failure))),
                 // One mutation failed for good, or the batch is split: go on.
                 ErrorClass::Permanent { .. } => Ok(Pushed::Batch),
             },
@@ -334,7 +323,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             let mut sync = self.sync.borrow_mut();
             sync.hold_until = sync.hold_until.max(until);
         }
-        failure_info(failure)
+        ErrorInfo::from(failure)
     }
 
     async fn cursor(&self) -> Result<u64> {

@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use crate::core::model::{MessageId, MessageStatus, Millis, ThreadId, UserId};
+use crate::core::outbox::{classify, ErrorClass, TransportFailure};
 
 /// A message as a UI shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -85,6 +86,28 @@ pub struct ErrorInfo {
     pub code: String,
     /// What happened.
     pub message: String,
+}
+
+impl From<&TransportFailure> for ErrorInfo {
+    /// The code and message [`classify`] gives a failed request.
+    fn from(failure: &TransportFailure) -> Self {
+        match classify(failure) {
+            ErrorClass::Transient { code, message, .. } | ErrorClass::Permanent { code, message } => {
+                ErrorInfo { code, message }
+            }
+        }
+    }
+}
+
+impl ErrorInfo {
+    /// The sync state this failure leaves: `offline` when the server could
+    /// not be reached in time, `error` when it refused.
+    pub fn sync_state(&self) -> SyncState {
+        match self.code.as_str() {
+            "network" | "timeout" => SyncState::Offline,
+            _ => SyncState::Error,
+        }
+    }
 }
 
 /// A client-wide event, for UIs that show sync state and message status.

@@ -12,8 +12,7 @@ use wasm_bindgen_futures::{future_to_promise, spawn_local};
 use zeroize::Zeroizing;
 
 use crate::core::model::{InvalidInput, MessageId, ThreadId, UserId};
-use crate::engine::ClientEvent;
-use crate::engine::{Client, Error, DEFAULT_PAGE};
+use crate::engine::{Client, ClientEvent, Error, SubscriptionId, DEFAULT_PAGE};
 use crate::ports::Transport as _;
 use crate::web::driver::{Session, SyncDriver};
 use crate::web::http::ServerUrl;
@@ -168,12 +167,18 @@ export interface DovecoteError extends Error {
 }
 "#;
 
+/// A JS `Error` with `name` "DovecoteError" and a stable `code`: the one
+/// shape of every error dovecote throws.
+fn dovecote_error(code: &str, message: &str) -> JsValue {
+    let js = js_sys::Error::new(message);
+    js.set_name("DovecoteError");
+    let _ = js_sys::Reflect::set(&js, &"code".into(), &code.into());
+    js.into()
+}
+
 /// Turns an engine error into a JS `Error` with `name` and `code`.
 fn js_error(error: Error) -> JsValue {
-    let js = js_sys::Error::new(&error.to_string());
-    js.set_name("DovecoteError");
-    let _ = js_sys::Reflect::set(&js, &"code".into(), &error.code().into());
-    js.into()
+    dovecote_error(error.code(), &error.to_string())
 }
 
 fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
@@ -183,15 +188,9 @@ fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
 }
 
 fn from_js<T: DeserializeOwned>(value: JsValue, what: &str) -> Result<T, JsValue> {
-    let refuse = |why: String| {
-        let js = js_sys::Error::new(&format!("invalid {what}: {why}"));
-        js.set_name("DovecoteError");
-        let _ = js_sys::Reflect::set(&js, &"code".into(), &"invalid_input".into());
-        JsValue::from(js)
-    };
     let text =
         Zeroizing::new(js_sys::JSON::stringify(&value).ok().and_then(|t| t.as_string()).unwrap_or_default());
-    serde_json::from_str(&text).map_err(|e| refuse(e.to_string()))
+    serde_json::from_str(&text).map_err(|e| dovecote_error("invalid_input", &format!("invalid {what}: {e}")))
 }
 
 /// Splits `passphrase` from the open options: the passphrase, and a copy of
@@ -496,7 +495,8 @@ impl ChatClient {
             let server_invite = match &driver {
                 None => None,
                 Some(driver) => {
-                    inner.export_thread_invite(thread_id, None).map_err(js_error)?;
+                    // Fails early for an unknown thread; the code (a key) is wiped.
+                    Zeroizing::new(inner.export_thread_invite(thread_id, None).map_err(js_error)?);
                     Some(server_invite(&inner, &tabs, driver, thread_id).await?)
                 }
             };
@@ -537,22 +537,8 @@ impl ChatClient {
         #[wasm_bindgen(unchecked_param_type = "(change: ThreadChange) => void")] callback: Function,
     ) -> Result<Function, JsValue> {
         let thread_id = parse_thread_id(&thread_id)?;
-        let id = self.inner.subscribe(thread_id, move |change| {
-            if let Ok(value) = to_js(change) {
-                // A throwing callback must not break the client or other subscribers.
-                if let Err(e) = callback.call1(&JsValue::NULL, &value) {
-                    web_sys::console::error_2(&"dovecote: a subscriber threw".into(), &e);
-                }
-            }
-        });
-        // Weak: an unsubscribe function kept by JS must not keep the client alive.
-        let client: Weak<BrowserClient> = Rc::downgrade(&self.inner);
-        let unsubscribe = Closure::<dyn FnMut()>::new(move || {
-            if let Some(client) = client.upgrade() {
-                client.unsubscribe(id);
-            }
-        });
-        Ok(unsubscribe.into_js_value().unchecked_into())
+        let id = self.inner.subscribe(thread_id, js_listener(callback, "a subscriber"));
+        Ok(self.unsubscriber(id))
     }
 
     /// Replaces the text of one of the user's messages.
@@ -641,13 +627,13 @@ impl ChatClient {
         &self,
         #[wasm_bindgen(unchecked_param_type = "(event: ClientEvent) => void")] callback: Function,
     ) -> Function {
-        let id = self.inner.on_event(move |event: &ClientEvent| {
-            if let Ok(value) = to_js(event) {
-                if let Err(e) = callback.call1(&JsValue::NULL, &value) {
-                    web_sys::console::error_2(&"dovecote: an event listener threw".into(), &e);
-                }
-            }
-        });
+        let id = self.inner.on_event(js_listener::<ClientEvent>(callback, "an event listener"));
+        self.unsubscriber(id)
+    }
+
+    /// A JS function that ends subscription `id`. It holds the client
+    /// weakly: a function kept by JS must not keep the client alive.
+    fn unsubscriber(&self, id: SubscriptionId) -> Function {
         let client: Weak<BrowserClient> = Rc::downgrade(&self.inner);
         let stop = Closure::<dyn FnMut()>::new(move || {
             if let Some(client) = client.upgrade() {
@@ -676,13 +662,7 @@ async fn server_invite(
     driver: &SyncDriver,
     thread_id: ThreadId,
 ) -> Result<String, JsValue> {
-    let as_js = |f: &crate::core::outbox::TransportFailure| {
-        let (code, message) = match crate::core::outbox::classify(f) {
-            crate::core::outbox::ErrorClass::Transient { code, message, .. }
-            | crate::core::outbox::ErrorClass::Permanent { code, message } => (code, message),
-        };
-        sync_error(crate::engine::ErrorInfo { code, message })
-    };
+    let as_js = |f: &crate::core::outbox::TransportFailure| sync_error(crate::engine::ErrorInfo::from(f));
     for _ in 0..50 {
         if !driver.is_leader() {
             tabs.post(&TabMessage::Wake);
@@ -710,14 +690,23 @@ async fn server_invite(
     }))
 }
 
+/// Calls a JS callback with each value. A throwing callback is logged: it
+/// must not break the client or the other listeners.
+fn js_listener<T: Serialize>(callback: Function, who: &'static str) -> impl Fn(&T) + 'static {
+    move |value| {
+        if let Ok(value) = to_js(value) {
+            if let Err(e) = callback.call1(&JsValue::NULL, &value) {
+                web_sys::console::error_2(&format!("dovecote: {who} threw").into(), &e);
+            }
+        }
+    }
+}
+
 fn parse_message_id(id: &str) -> Result<MessageId, JsValue> {
     id.parse().map_err(|e| js_error(InvalidInput::from(e).into()))
 }
 
 /// A sync failure outside a round (invites) as a JS error.
 fn sync_error(info: crate::engine::ErrorInfo) -> JsValue {
-    let js = js_sys::Error::new(&info.message);
-    js.set_name("DovecoteError");
-    let _ = js_sys::Reflect::set(&js, &"code".into(), &info.code.into());
-    js.into()
+    dovecote_error(&info.code, &info.message)
 }

@@ -16,7 +16,7 @@ use std::rc::{Rc, Weak};
 use wasm_bindgen_futures::spawn_local;
 
 use crate::core::model::{Millis, UserId};
-use crate::core::outbox::{classify, Backoff, ErrorClass};
+use crate::core::outbox::Backoff;
 use crate::core::sync::ServerEvent;
 use crate::engine::{ClientEvent, ErrorInfo, SyncState};
 use crate::ports::Clock;
@@ -183,18 +183,8 @@ impl Shared {
                 Ok(())
             }
             Err(failure) => {
-                let (code, message) = match classify(&failure) {
-                    ErrorClass::Transient { code, message, .. } | ErrorClass::Permanent { code, message } => {
-                        (code, message)
-                    }
-                };
-                let state = if matches!(code.as_str(), "network" | "timeout") {
-                    SyncState::Offline
-                } else {
-                    SyncState::Error
-                };
-                let why = ErrorInfo { code, message };
-                self.client.set_sync_state(state, Some(why.clone()));
+                let why = ErrorInfo::from(&failure);
+                self.client.set_sync_state(why.sync_state(), Some(why.clone()));
                 Err(why)
             }
         }
