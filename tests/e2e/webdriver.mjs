@@ -86,7 +86,7 @@ export class WebDriverSession {
 
   /** A new window (a tab of the same profile); its handle. */
   newWindow() {
-    return this.run(null, async (send) => (await send("POST", "/window/new", { type: "tab" })).handle);
+    return this.run(null, async (send) => (await send("POST", "/window/new", { type: "window" })).handle);
   }
 
   /** Closes `window`; the session stays on another one. */
