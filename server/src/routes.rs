@@ -309,7 +309,7 @@ fn parse_push(bytes: &[u8]) -> Result<PushRequest, ApiError> {
 }
 
 /// Refusals that need no database: sizes, shapes, invite signatures.
-fn precheck<S: Storage>(app: &App<S>, body: &MutationBody, now: Millis) -> Option<Refusal> {
+fn precheck<S: Storage>(app: &App<S>, user: &UserId, body: &MutationBody, now: Millis) -> Option<Refusal> {
     let limit = app.config.envelope_limit;
     let too_large = |what: &str, len: usize| {
         (len > limit)
@@ -321,11 +321,14 @@ fn precheck<S: Storage>(app: &App<S>, body: &MutationBody, now: Millis) -> Optio
         }
         MutationBody::CreateThread { title, members, .. } => too_large("title envelope", title.0.len())
             .or_else(|| {
-                if members.len() > MAX_MEMBERS {
-                    Some(Refusal::new(
-                        "invalid",
-                        format!("{} members, over the limit of {MAX_MEMBERS}", members.len()),
-                    ))
+                // The creator counts, once, whether named or not.
+                let total = members
+                    .iter()
+                    .chain(std::iter::once(user))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len();
+                if total > MAX_MEMBERS {
+                    Some(Refusal::new("invalid", format!("{total} members, over the limit of {MAX_MEMBERS}")))
                 } else if members.iter().any(|m| UserId::parse(m.as_str()).is_err()) {
                     Some(Refusal::new(
                         "invalid",
@@ -372,7 +375,7 @@ async fn push<S: Storage>(
         .into_iter()
         .map(|m| IncomingMutation {
             mutation_id: m.mutation_id,
-            precheck: precheck(&app, &m.body, now),
+            precheck: precheck(&app, &user, &m.body, now),
             body: m.body,
         })
         .collect();
