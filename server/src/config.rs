@@ -170,6 +170,7 @@ impl Config {
                 "--jwt-issuer" => config.jwt.issuer = Some(value),
                 "--jwt-audience" => config.jwt.audience = Some(value),
                 "--jwt-user-claim" => config.jwt.user_claim = value,
+                "--jwt-leeway" => config.jwt.leeway_secs = num(&value)?.min(600),
                 "--ip-rate-limit" => config.ip_rate_limit = num(&value)?.clamp(1, u32::MAX as u64) as u32,
                 "--ws-max-message" => config.ws_max_message = num(&value)?.max(64) as usize,
                 "--ws-max-sockets" => config.ws_max_sockets = num(&value)?.max(1) as usize,
@@ -217,6 +218,7 @@ Authentication (at least one of these):
   --jwt-issuer ISS       required `iss` claim
   --jwt-audience AUD     required `aud` claim
   --jwt-user-claim NAME  claim holding the user id (default sub)
+  --jwt-leeway SECS      clock leeway for exp and nbf (default 30, at most 600)
   --dev-sign-in          mount the DEV-ONLY POST /v1/session: anyone can sign in
                          as anyone; loopback addresses only unless also
   --dev-sign-in-anywhere
@@ -267,8 +269,8 @@ mod tests {
         c.check().unwrap();
         let c = Config::from_args(args("--db x --dev-sign-in --addr 0.0.0.0:8080")).unwrap();
         assert!(c.check().unwrap_err().contains("--dev-sign-in-anywhere"));
-        let c =
-            Config::from_args(args("--db x --addr 0.0.0.0:8080 --dev-sign-in --dev-sign-in-anywhere")).unwrap();
+        let c = Config::from_args(args("--db x --addr 0.0.0.0:8080 --dev-sign-in --dev-sign-in-anywhere"))
+            .unwrap();
         c.check().unwrap();
         let c = Config::from_args(args("--db x --addr 0.0.0.0:8080 --jwt-hs256-secret s")).unwrap();
         c.check().unwrap();

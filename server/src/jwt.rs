@@ -12,7 +12,8 @@
 //! - Each key accepts only its own algorithm, so an RSA public key can never
 //!   be used as an HMAC secret, and `alg: none` is not an algorithm here.
 //! - `exp` is required; `exp`, `nbf`, and (when configured) `iss` and `aud`
-//!   are checked with [`LEEWAY_SECS`] of clock leeway.
+//!   are checked with a small clock leeway (`--jwt-leeway`, default
+//!   [`LEEWAY_SECS`]).
 //! - The user id is the string claim `--jwt-user-claim` (default `sub`), held
 //!   to the same rules as every user id ([`UserId::parse`]).
 
@@ -25,7 +26,7 @@ use dovecote::core::model::{Millis, UserId};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
-/// Clock leeway for `exp` and `nbf`, in seconds.
+/// Default clock leeway for `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: u64 = 30;
 /// Least time between two JWKS reloads caused by an unknown `kid`.
 pub const UNKNOWN_KID_COOLDOWN: Duration = Duration::from_secs(30);
@@ -67,6 +68,8 @@ pub struct JwtConfig {
     pub audience: Option<String>,
     /// The claim holding the user id.
     pub user_claim: String,
+    /// Clock leeway for `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
 }
 
 impl std::fmt::Debug for JwtConfig {
@@ -78,6 +81,7 @@ impl std::fmt::Debug for JwtConfig {
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("user_claim", &self.user_claim)
+            .field("leeway_secs", &self.leeway_secs)
             .finish()
     }
 }
@@ -85,7 +89,12 @@ impl std::fmt::Debug for JwtConfig {
 impl JwtConfig {
     /// The defaults: no keys (so no JWT is accepted), user id in `sub`.
     pub fn new() -> Self {
-        JwtConfig { jwks_refresh: Duration::from_secs(300), user_claim: "sub".into(), ..Default::default() }
+        JwtConfig {
+            jwks_refresh: Duration::from_secs(300),
+            user_claim: "sub".into(),
+            leeway_secs: LEEWAY_SECS,
+            ..Default::default()
+        }
     }
 
     /// Whether any JWT can be accepted.
@@ -286,9 +295,11 @@ impl JwtVerifier {
     pub fn verify(&self, token: &str) -> Result<Verified, JwtError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
         let key = match header.alg {
-            Algorithm::HS256 => {
-                self.hs256.clone().map(|key| Key { algorithm: Algorithm::HS256, key }).ok_or(JwtError::NoKey)?
-            }
+            Algorithm::HS256 => self
+                .hs256
+                .clone()
+                .map(|key| Key { algorithm: Algorithm::HS256, key })
+                .ok_or(JwtError::NoKey)?,
             Algorithm::RS256 | Algorithm::ES256 => {
                 self.jwks_key(header.kid.as_deref()).ok_or(JwtError::NoKey)?
             }
@@ -298,7 +309,7 @@ impl JwtVerifier {
             return Err(JwtError::NoKey);
         }
         let mut validation = Validation::new(key.algorithm);
-        validation.leeway = LEEWAY_SECS;
+        validation.leeway = self.config.leeway_secs;
         validation.validate_nbf = true;
         let mut required = vec!["exp"];
         match &self.config.issuer {
@@ -316,12 +327,9 @@ impl JwtVerifier {
             None => validation.validate_aud = false,
         }
         validation.set_required_spec_claims(&required);
-        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-            token,
-            &key.key,
-            &validation,
-        )
-        .map_err(|e| JwtError::Invalid(e.to_string()))?;
+        let data =
+            jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key.key, &validation)
+                .map_err(|e| JwtError::Invalid(e.to_string()))?;
         let claim = &self.config.user_claim;
         let user = data
             .claims
@@ -330,6 +338,8 @@ impl JwtVerifier {
             .and_then(|s| UserId::parse(s).ok())
             .ok_or_else(|| JwtError::BadUser(claim.clone()))?;
         let exp = data.claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(0);
-        Ok(Verified { user, expires_at: exp.saturating_add(LEEWAY_SECS).saturating_mul(1000) })
+        // The socket of a token closes when the server stops accepting it.
+        let expires_at = exp.saturating_add(self.config.leeway_secs).saturating_mul(1000);
+        Ok(Verified { user, expires_at })
     }
 }

@@ -7,9 +7,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{
-    ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, RawQuery, Request, State,
-};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, RawQuery, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -190,7 +188,11 @@ fn client_ip(parts: &Parts) -> IpAddr {
 /// Checks a bearer token: the dev sign-in's own tokens when that is on, else
 /// (and also) the identity provider's JWTs. A failure costs the client IP one
 /// request of its budget, so guessing tokens is rate-limited too.
-async fn authenticate<S: Storage>(app: &Arc<App<S>>, token: Option<&str>, ip: IpAddr) -> Result<Session, ApiError> {
+async fn authenticate<S: Storage>(
+    app: &Arc<App<S>>,
+    token: Option<&str>,
+    ip: IpAddr,
+) -> Result<Session, ApiError> {
     match verify_token(app, token).await {
         Some(session) => {
             app.limiter.check(session.user.as_str(), Instant::now()).map_err(rate_limited)?;

@@ -155,7 +155,10 @@ async fn idp_tokens_work_and_every_bad_one_gets_401() {
     let pushed = http
         .push_ok(
             &alice_hs,
-            &push_request(device_id(), vec![create_thread(1, thread, &[]), send(2, thread, message_id(), "hi")]),
+            &push_request(
+                device_id(),
+                vec![create_thread(1, thread, &[]), send(2, thread, message_id(), "hi")],
+            ),
         )
         .await;
     assert_eq!(pushed.acks.len(), 2);
@@ -209,8 +212,13 @@ async fn idp_tokens_work_and_every_bad_one_gets_401() {
     let dump = server.dump();
     for (what, token) in &bad {
         let reply = http.get("/v1/pull", Some(token)).await;
-        assert_eq!((reply.status, reply.code().as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"), "{what}");
-        let push = http.push(token, &push_request(device_id(), vec![create_thread(1, thread_id(), &[])])).await;
+        assert_eq!(
+            (reply.status, reply.code().as_str()),
+            (StatusCode::UNAUTHORIZED, "unauthorized"),
+            "{what}"
+        );
+        let push =
+            http.push(token, &push_request(device_id(), vec![create_thread(1, thread_id(), &[])])).await;
         assert_eq!(push.status, StatusCode::UNAUTHORIZED, "{what}");
         let socket =
             tokio_tungstenite::connect_async(format!("ws://{}/v1/events?token={token}", server.addr)).await;

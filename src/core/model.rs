@@ -482,9 +482,20 @@ mod tests {
             assert!(UserId::parse(ok).is_ok(), "{ok:?}");
         }
         for bad in [
-            "ali\u{202E}ce", "\u{2066}alice", "alice\u{200F}", "ali\u{200B}ce", "ali\u{200D}ce",
-            "\u{FEFF}alice", "ali\u{00AD}ce", "alice\u{2060}", "\u{3164}", "alice\u{E0041}",
-            "ali\u{061C}ce", "alice\u{2028}", "ali\nce", "",
+            "ali\u{202E}ce",
+            "\u{2066}alice",
+            "alice\u{200F}",
+            "ali\u{200B}ce",
+            "ali\u{200D}ce",
+            "\u{FEFF}alice",
+            "ali\u{00AD}ce",
+            "alice\u{2060}",
+            "\u{3164}",
+            "alice\u{E0041}",
+            "ali\u{061C}ce",
+            "alice\u{2028}",
+            "ali\nce",
+            "",
         ] {
             assert_eq!(UserId::parse(bad), Err(InvalidInput::UserId), "{bad:?}");
             assert!(serde_json::from_str::<UserId>(&serde_json::to_string(bad).unwrap()).is_err(), "{bad:?}");

@@ -442,7 +442,9 @@ fn join_thread(tx: &Transaction<'_>, user: &UserId, thread: ThreadId, now: Milli
         return Ok(Ok(latest_change(tx, &thread_entity(thread))?));
     }
     let count: i64 =
-        tx.query_row("SELECT count(*) FROM members WHERE thread_id = ?1", [thread.to_string()], |r| r.get(0))?;
+        tx.query_row("SELECT count(*) FROM members WHERE thread_id = ?1", [thread.to_string()], |r| {
+            r.get(0)
+        })?;
     if count as usize >= dovecote::core::model::MAX_MEMBERS {
         return Ok(Err(Refusal::new(
             "thread_full",
