@@ -47,6 +47,9 @@ pub struct SocketLimits {
     pub idle_timeout: Duration,
 }
 
+/// An open socket's id and its "close now" signal.
+type OpenSocket = (u64, Arc<Notify>);
+
 /// Fans pokes out to sockets.
 #[derive(Debug)]
 pub struct Hub {
@@ -54,7 +57,7 @@ pub struct Hub {
     newest: AtomicU64,
     closing: watch::Sender<bool>,
     /// Open sockets per user, oldest first, each with its "close now" signal.
-    open: Mutex<HashMap<UserId, VecDeque<(u64, Arc<Notify>)>>>,
+    open: Mutex<HashMap<UserId, VecDeque<OpenSocket>>>,
     next_socket: AtomicU64,
 }
 
@@ -179,10 +182,11 @@ impl Hub {
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break None,
                     Some(Ok(Message::Text(text))) => {
                         last_heard = Instant::now();
-                        if text.as_str().contains("\"ping\"") {
-                            if !send(&mut socket, Message::Text(r#"{"type":"pong"}"#.into()), limits.idle_timeout).await {
-                                break None;
-                            }
+                        let pong = || Message::Text(r#"{"type":"pong"}"#.into());
+                        if text.as_str().contains("\"ping\"")
+                            && !send(&mut socket, pong(), limits.idle_timeout).await
+                        {
+                            break None;
                         }
                         continue;
                     }

@@ -256,7 +256,7 @@ pub enum InvalidInput {
     #[error("{0} members, over the limit of {MAX_MEMBERS}")]
     TooManyMembers(usize),
     /// A user id that is empty, too long, or has control or invisible characters.
-    #[error("user ids must be 1 to 128 bytes without control, bidi or invisible characters")]
+    #[error("user ids must be 1 to 128 bytes, no control or invisible characters")]
     UserId,
     /// A string that is not an id.
     #[error(transparent)]

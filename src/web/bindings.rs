@@ -213,42 +213,25 @@ fn from_js<T: DeserializeOwned>(value: JsValue, what: &str) -> Result<T, JsValue
     serde_json::from_str(&text).map_err(|e| dovecote_error("invalid_input", &format!("invalid {what}: {e}")))
 }
 
-/// Splits `getToken` from the open options (functions are not JSON): the
-/// function, and a copy of the options without it.
-fn take_get_token(options: JsValue) -> Result<(Option<Function>, JsValue), JsValue> {
-    let Some(object) = options.dyn_ref::<js_sys::Object>() else { return Ok((None, options)) };
-    let key = JsValue::from_str("getToken");
-    let value = js_sys::Reflect::get(object, &key).unwrap_or(JsValue::UNDEFINED);
-    if value.is_undefined() {
-        return Ok((None, options));
-    }
-    let Ok(function) = value.dyn_into::<Function>() else {
-        return Err(dovecote_error(
-            "invalid_input",
-            "getToken must be a function returning a Promise<string>",
-        ));
-    };
+/// Takes `key` out of the open options: its value, if set, and a copy of
+/// the options without it (the caller's object is left alone).
+fn take_option(options: &JsValue, key: &str) -> Option<(JsValue, JsValue)> {
+    let object = options.dyn_ref::<js_sys::Object>()?;
+    let key = JsValue::from_str(key);
+    let value = js_sys::Reflect::get(object, &key).ok().filter(|v| !v.is_undefined())?;
     let rest = js_sys::Object::assign(&js_sys::Object::new(), object);
     let _ = js_sys::Reflect::delete_property(&rest, &key);
-    Ok((Some(function), rest.into()))
+    Some((value, rest.into()))
 }
 
-/// Splits `passphrase` from the open options: the passphrase, and a copy of
-/// the options without it (the caller's object is left alone). A passphrase
-/// that is not a string is refused.
+/// Splits `passphrase` from the open options (see [`take_option`]). A
+/// passphrase that is not a string is refused.
 fn take_passphrase(options: JsValue) -> Result<(Option<String>, JsValue), JsValue> {
-    let Some(object) = options.dyn_ref::<js_sys::Object>() else { return Ok((None, options)) };
-    let key = JsValue::from_str("passphrase");
-    let value = js_sys::Reflect::get(object, &key).unwrap_or(JsValue::UNDEFINED);
-    if value.is_undefined() {
-        return Ok((None, options));
-    }
+    let Some((value, rest)) = take_option(&options, "passphrase") else { return Ok((None, options)) };
     let Some(passphrase) = value.as_string() else {
         return Err(js_error(Error::PassphraseRefused("the passphrase must be a string")));
     };
-    let rest = js_sys::Object::assign(&js_sys::Object::new(), object);
-    let _ = js_sys::Reflect::delete_property(&rest, &key);
-    Ok((Some(passphrase), rest.into()))
+    Ok((Some(passphrase), rest))
 }
 
 fn parse_thread_id(id: &str) -> Result<ThreadId, JsValue> {
@@ -350,7 +333,14 @@ impl ChatClient {
         // returns, however it returns.
         let (passphrase, options) = take_passphrase(options)?;
         let passphrase = Zeroizing::new(passphrase);
-        let (get_token, options) = take_get_token(options)?;
+        // `getToken` is a function, not JSON: taken out before parsing.
+        let (get_token, options) = match take_option(&options, "getToken") {
+            None => (None, options),
+            Some((get, rest)) => match get.dyn_into::<Function>() {
+                Ok(get) => (Some(get), rest),
+                Err(_) => return Err(dovecote_error("invalid_input", "getToken is not a function")),
+            },
+        };
         let options: OpenOptions = from_js(options, "options")?;
         let user = UserId::parse(&options.user_id).map_err(|e| js_error(e.into()))?;
         // Checked before anything is opened: refused input writes nothing.

@@ -55,20 +55,15 @@ enum Refresh {
     DevSignIn(UserId),
 }
 
-/// Calls the app's `getToken` and waits for its promise.
-async fn call_get_token(get: &Function) -> Result<String, String> {
-    let describe = |e: JsValue| {
-        e.dyn_ref::<js_sys::Error>()
-            .map(|e| String::from(e.message()))
-            .or_else(|| e.as_string())
-            .unwrap_or_else(|| "it threw or rejected".into())
-    };
-    let value = get.call0(&JsValue::NULL).map_err(describe)?;
+/// Calls the app's `getToken` and waits for its promise: the token, or
+/// `None` if it threw, rejected or gave no non-empty string.
+async fn call_get_token(get: &Function) -> Option<String> {
+    let value = get.call0(&JsValue::NULL).ok()?;
     let value = match value.dyn_into::<Promise>() {
-        Ok(promise) => JsFuture::from(promise).await.map_err(describe)?,
+        Ok(promise) => JsFuture::from(promise).await.ok()?,
         Err(value) => value,
     };
-    value.as_string().filter(|t| !t.is_empty()).ok_or_else(|| "it did not give a non-empty string".into())
+    value.as_string().filter(|t| !t.is_empty())
 }
 
 struct Shared {
@@ -229,15 +224,15 @@ impl Shared {
             }
             Some(Refresh::GetToken(get)) => {
                 return match call_get_token(get).await {
-                    Ok(token) => {
+                    Some(token) => {
                         self.transport.set_token(token);
                         self.has_token.set(true);
                         Ok(())
                     }
-                    Err(message) => {
+                    None => {
                         let why = ErrorInfo {
                             code: "token_unavailable".into(),
-                            message: format!("getToken failed: {message}"),
+                            message: "getToken threw, rejected or gave no token".into(),
                         };
                         self.client.set_sync_state(SyncState::Error, Some(why.clone()));
                         Err(why)
