@@ -114,6 +114,11 @@ impl JwksServer {
         *self.body.lock().unwrap() = json!({ "keys": keys }).to_string();
     }
 
+    /// From now on, serve this document.
+    fn serve_json(&self, jwks: serde_json::Value) {
+        *self.body.lock().unwrap() = jwks.to_string();
+    }
+
     fn fetches(&self) -> u32 {
         *self.fetches.lock().unwrap()
     }
@@ -226,6 +231,44 @@ async fn idp_tokens_work_and_every_bad_one_gets_401() {
     }
     assert_eq!(server.dump(), dump, "refused tokens changed nothing");
     assert_eq!(pull_status(&server, &alice_es).await, 200);
+    server.stop().await;
+}
+
+/// A 2048-bit RSA key made for this test only (`openssl genrsa`), PKCS#1
+/// DER, and its public modulus and exponent (ring cannot generate RSA keys).
+const TEST_RSA_DER: &str = "MIIEowIBAAKCAQEAhRwh/AoAHV7DTiSY6AIMFqT4AewH8q67losMUo65DKKfix15Yc2qWh/nZ00F2gJ8HEAUOsUHmWsSvUA1M/+lf3pCWC9vcqiv4DICRKrWWDfr5ZTw4sIyhsrsmJWf2sOVq1n7HDbYEt2HyntdrPPwGHKHzOpsoqsktvb7hE0g7CceUq3wd4NvbWiEqcDEcsbLG4OD68dG68voEVKREopHyB31ds2hdnIj7plCg4NoyFHy8U4mXSgcrE3nDsTzrAm6XBPDboCPe73/1qLdcAkNamQtlLEG0pdA14lcsWFoGc04TGu5ogZ+HtrjbWv8cnYrLwnvjWEbnpQAgasllMs/oQIDAQABAoIBAAFDP36IQwDkUiyYp+dsBQy2MQjWIgtrHUoP3LygAFkChipL+9e522nGU5PxGOsM8tvS/wohbjl2KL/pNvP8wud1G8HhxdAv8dap7Mf1WaoNsj/72CbjhhaNoF3Qbgs1h6L/7BQUAFvZ9IC/B7gFOp/lvrxqtR/8KQGQEVnbgDJjR1uQiDJ/qb7ikemu/zZPnEQ85gDTcjrla8qJ6yL6ceqEn/itFsG7BL+wkDA+mAj6jqlvT/nsAvN3Vpal+Z5Zc3LZqxX+SX4QJSM+iaUDWCx6QsVkumi9mj/djAMVrBuBtv3YSmGfSx1HOh8PKcbaoZ5EMNgykDUu+p8e35s+0wECgYEAuiP0gWvkNCt33axh8oVRaN9GeLmiTI7r9D+p2y49MJnM55mevy0E7iMe8sOtaNo5qeSwtJcM112isbpM6OqIBPclsyTfOknp2LanV5kiM1/5NL/Zj+17qrmJzLIBn2jvNrTAYp1IHOJQ8BzBYhVH2ct22sPTYaz9qxl/cpdSmIECgYEAtxEYf8mC306tpAdQ6fEIIGMIUEHWt1vPEcRYG+17LSzOmcWVcgWTNKDOmNEkqeoyRc9Lt2xKoGXKJY8fKtGJnZe8pnheS5ruWNd88gpGscJiBCtKYazecNactTxEjY1Y0i/pob3Rw82aYspO5P4SQD06jcTHY6AHZY3Z0L5yFyECgYByxWKoPjcqN7cj1ntaRvuoVysjmwpIfENeibaYr40JH3vpPZ5VMFP+5Wbatu6AXTX63EhcQVqonFKJlV6AqsONlDoJmG2Pii2G8zCBYall1gJZlQV3qi17WgVuUj+P4+rDZ3XMGEBzltPjCUfvy0FPOBYj02TNsBWE3ybnKAjEgQKBgBTEAa1tJEVEXXn/wnPm/W7/DNBdx4dhCKoRRZVVaOWE8aKLwRn/++S6YPUAtFH52N4GV6ZkyEpNgZKlG3n17tBLiACyIrAc0PCO8QNbmw1K6WdjqbpOq6TNE1WTkosj/3FIMg5Aw+ycA+k03aIoF9XlnCC8s4lfe7dPUefV0odBAoGBAJ0MtsTkfINoS0kelHcmLYT1aOPctZ7MBBByk4+9j2l3wHLbUwCCXaKqtnHsxKfvOyA6u8lvhMMKs1xKlXWYFApNCdzqG5c/K8hOkjJGJAo19HLjuih+81qTiq0jzLrkIoCG3kjyl3hHmnk6Mp9Iaxpqpzq1kF72FY23aWxuftP8";
+const TEST_RSA_N: &str = "hRwh_AoAHV7DTiSY6AIMFqT4AewH8q67losMUo65DKKfix15Yc2qWh_nZ00F2gJ8HEAUOsUHmWsSvUA1M_-lf3pCWC9vcqiv4DICRKrWWDfr5ZTw4sIyhsrsmJWf2sOVq1n7HDbYEt2HyntdrPPwGHKHzOpsoqsktvb7hE0g7CceUq3wd4NvbWiEqcDEcsbLG4OD68dG68voEVKREopHyB31ds2hdnIj7plCg4NoyFHy8U4mXSgcrE3nDsTzrAm6XBPDboCPe73_1qLdcAkNamQtlLEG0pdA14lcsWFoGc04TGu5ogZ-HtrjbWv8cnYrLwnvjWEbnpQAgasllMs_oQ";
+const TEST_RSA_E: &str = "AQAB";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_from_the_jwks_works_and_its_public_key_is_no_hmac_secret() {
+    use base64::engine::general_purpose::STANDARD;
+    let ec = EcKey::generate("ec-1");
+    let jwks = JwksServer::start(&[&ec]);
+    let rsa_jwk = json!({ "kty": "RSA", "kid": "rsa-1", "use": "sig", "alg": "RS256", "n": TEST_RSA_N, "e": TEST_RSA_E });
+    // An encryption key and a key for an algorithm we do not take are skipped.
+    let skipped = json!({ "kty": "RSA", "kid": "enc-1", "use": "enc", "n": TEST_RSA_N, "e": TEST_RSA_E });
+    jwks.serve_json(json!({ "keys": [ec.jwk(), rsa_jwk, skipped] }));
+    let server = idp_server(&jwks).await;
+    let rsa = EncodingKey::from_rsa_der(&STANDARD.decode(TEST_RSA_DER).unwrap());
+    let sign_rs = |kid: &str, claims: &serde_json::Value| {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, claims, &rsa).unwrap()
+    };
+    assert_eq!(pull_status(&server, &sign_rs("rsa-1", &claims("alice"))).await, 200);
+    assert_eq!(pull_status(&server, &ec.sign(&claims("alice"))).await, 200, "ES256 beside it");
+    // The same RSA key under the kid of the encryption key, or of the EC key: refused.
+    assert_eq!(pull_status(&server, &sign_rs("enc-1", &claims("alice"))).await, 401);
+    assert_eq!(pull_status(&server, &sign_rs("ec-1", &claims("alice"))).await, 401);
+    // Algorithm confusion: an HS256 token "signed" with the RSA public key as the secret.
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("rsa-1".into());
+    for secret in [TEST_RSA_N.as_bytes().to_vec(), URL_SAFE_NO_PAD.decode(TEST_RSA_N).unwrap()] {
+        let forged =
+            jsonwebtoken::encode(&header, &claims("alice"), &EncodingKey::from_secret(&secret)).unwrap();
+        assert_eq!(pull_status(&server, &forged).await, 401);
+    }
     server.stop().await;
 }
 

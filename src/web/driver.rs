@@ -78,6 +78,8 @@ struct Shared {
     leader: Cell<bool>,
     stopped: Cell<bool>,
     socket: RefCell<Option<PokeSocket>>,
+    /// Whether the socket was open at its last report.
+    socket_up: Cell<bool>,
 }
 
 /// The running loop; dropping it stops everything.
@@ -117,6 +119,7 @@ impl SyncDriver {
             leader: Cell::new(leader),
             stopped: Cell::new(false),
             socket: RefCell::default(),
+            socket_up: Cell::new(false),
         });
         let weak = Rc::downgrade(&shared);
         let events = BrowserEvents::listen(move |event| {
@@ -265,10 +268,19 @@ impl Shared {
                 let Some(shared) = weak.upgrade() else { return };
                 match event {
                     // Whatever happened while the socket was down: pull now.
-                    SocketEvent::Connected | SocketEvent::Server(ServerEvent::Poke { .. }) => {
-                        shared.wake(true)
+                    SocketEvent::Connected => {
+                        shared.socket_up.set(true);
+                        shared.wake(true);
                     }
-                    SocketEvent::Disconnected { .. } => {}
+                    SocketEvent::Server(ServerEvent::Poke { .. }) => shared.wake(true),
+                    // An open socket was lost (the server closes it when its
+                    // token expires): a round tells, and on a 401 gets a new
+                    // token and a new socket. Failed attempts do not wake.
+                    SocketEvent::Disconnected { .. } => {
+                        if shared.socket_up.replace(false) {
+                            shared.wake(false);
+                        }
+                    }
                 }
             });
         *self.socket.borrow_mut() = Some(socket);
