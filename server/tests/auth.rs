@@ -302,6 +302,34 @@ async fn a_rotated_jwks_key_is_picked_up_and_the_user_claim_is_configurable() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jwks_is_refreshed_on_its_interval_so_a_withdrawn_key_stops_working() {
+    let (old, new) = (EcKey::generate("old"), EcKey::generate("new"));
+    let jwks = JwksServer::start(&[&old, &new]);
+    let url = jwks.url.clone();
+    let server = TestServer::start_with(move |c| {
+        c.dev_sign_in = false;
+        c.jwt.jwks = Some(JwksSource::parse(&url));
+        c.jwt.jwks_refresh = Duration::from_millis(200);
+    })
+    .await;
+    let claims = json!({ "sub": "alice", "exp": now_secs() + 600 });
+    let (old_token, new_token) = (old.sign(&claims), new.sign(&claims));
+    assert_eq!(pull_status(&server, &old_token).await, 200);
+    // The IdP withdraws the old key (say, it leaked).
+    jwks.serve(&[&new]);
+    let fetched = jwks.fetches();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(jwks.fetches() > fetched, "refreshed on its own");
+    assert_eq!(pull_status(&server, &old_token).await, 401, "a withdrawn key no longer signs anyone in");
+    assert_eq!(pull_status(&server, &new_token).await, 200);
+    // The IdP is down for a while: the keys it served last stay in use.
+    jwks.serve_json(json!("not a JWKS"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pull_status(&server, &new_token).await, 200, "a failed refresh keeps the old keys");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn without_dev_sign_in_the_binary_404s_the_sign_in_and_takes_hs256_tokens() {
     let dir = tempfile::tempdir().unwrap();
