@@ -326,6 +326,81 @@ async fn someone_elses_thread_or_message_id_answers_like_any_unusable_id() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn the_main_feed_merged_from_many_threads_is_every_visible_change_once_in_seq_order() {
+    let server = TestServer::start().await;
+    let http = &server.http;
+    let (alice, bob) = (http.session("alice").await, http.session("bob").await);
+    let threads: Vec<_> = (0..40).map(|_| thread_id()).collect();
+    let da = device_id();
+    let mut next = 1u64;
+    // 40 threads, bob in every other one; sends interleaved across them, in
+    // uneven runs, some edited later (an edited message moves to its new seq).
+    let creates: Vec<_> = threads
+        .iter()
+        .enumerate()
+        .map(|(i, t)| create_thread(i as u64 + 1, *t, if i.is_multiple_of(2) { &["bob"] } else { &[] }))
+        .collect();
+    next += creates.len() as u64;
+    http.push_ok(&alice, &push_request(da, creates)).await;
+    let mut sent = Vec::new();
+    for round in 0..30u64 {
+        let mut batch = Vec::new();
+        for (i, t) in threads.iter().enumerate() {
+            if (round + i as u64).is_multiple_of(3) || i.is_multiple_of(7) {
+                let m = message_id();
+                batch.push(send(next, *t, m, "m"));
+                next += 1;
+                sent.push((*t, m));
+            }
+        }
+        http.push_ok(&alice, &push_request(da, batch)).await;
+    }
+    let edits: Vec<_> = sent
+        .iter()
+        .step_by(11)
+        .map(|(t, m)| {
+            next += 1;
+            edit(next - 1, *t, *m, "edited")
+        })
+        .collect();
+    http.push_ok(&alice, &push_request(da, edits)).await;
+    for (token, limit) in [(&alice, 7u32), (&alice, 1000), (&bob, 13)] {
+        let main: Vec<u64> = http
+            .pull_all(token, 0, limit, None)
+            .await
+            .iter()
+            .flat_map(|p| p.changes.iter().map(Change::seq))
+            .collect();
+        assert!(main.windows(2).all(|w| w[0] < w[1]), "strictly increasing, so no repeats");
+        // The same set as the union of the per-thread feeds the user can see.
+        let mut union = Vec::new();
+        for t in &threads {
+            if http.pull(token, &format!("thread={t}")).await.status == StatusCode::OK {
+                union.extend(
+                    http.pull_all(token, 0, 1000, Some(*t))
+                        .await
+                        .iter()
+                        .flat_map(|p| p.changes.iter().map(Change::seq)),
+                );
+            }
+        }
+        union.sort();
+        assert_eq!(main, union, "limit {limit}");
+        assert!(!main.is_empty());
+        // From a cursor in the middle, the rest.
+        let mid = main[main.len() / 2];
+        let rest: Vec<u64> = http
+            .pull_all(token, mid, limit, None)
+            .await
+            .iter()
+            .flat_map(|p| p.changes.iter().map(Change::seq))
+            .collect();
+        assert_eq!(rest, main.iter().copied().filter(|&s| s > mid).collect::<Vec<_>>());
+    }
+    server.stop().await;
+}
+
 /// Not a timed test: a measurement. Fills the change table with 1,000 and
 /// then 1,000,000 changes in threads of other users, and times a main-feed
 /// pull by a user with no threads (and one with one small thread).

@@ -612,7 +612,9 @@ fn load_message(tx: &Transaction<'_>, id: MessageId) -> Result<ServerMessage> {
     })?)
 }
 
-/// Rows of one thread's feed read per index probe in a main-feed pull.
+/// Rows of one thread's feed read per index probe in a main-feed pull, at
+/// first and on each refill.
+const FIRST_BATCH: i64 = 4;
 const FEED_BATCH: i64 = 64;
 
 /// A feed row: `(seq, thread_id, message_id)`.
@@ -644,12 +646,15 @@ fn main_feed(tx: &Transaction<'_>, user: &UserId, cursor: u64, n: usize) -> Resu
         let rows = stmt.query_map([user.as_str()], |r| r.get(0))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
+    // A first probe reads a few rows per thread (a user in many threads must
+    // not read `FEED_BATCH` rows of each one per page); refills read more.
+    let first = FIRST_BATCH.min(n as i64).max(1);
     let batch = FEED_BATCH.min(n as i64).max(1);
     let mut buffers: Vec<(VecDeque<FeedRow>, bool)> = Vec::with_capacity(threads.len());
     let mut heap = BinaryHeap::new();
     for (i, thread) in threads.iter().enumerate() {
-        let rows = thread_feed(tx, thread, cursor, batch)?;
-        let exhausted = (rows.len() as i64) < batch;
+        let rows = thread_feed(tx, thread, cursor, first)?;
+        let exhausted = (rows.len() as i64) < first;
         if let Some(first) = rows.first() {
             heap.push(Reverse((first.0, i)));
         }
