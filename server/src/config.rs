@@ -104,6 +104,10 @@ impl Config {
                 "no way to sign in: give --jwt-hs256-secret-file, --jwks, or (for development) --dev-sign-in\n\n{USAGE}"
             ));
         }
+        if self.jwt.hs256_secret.as_ref().is_some_and(|s| s.len() < 32) {
+            // RFC 7518 §3.2: an HS256 key must be at least as long as the hash.
+            return Err("the HS256 secret must be at least 32 bytes".into());
+        }
         if self.ws_idle_timeout <= self.ws_ping_interval {
             return Err("--ws-idle-timeout must be longer than --ws-ping-interval".into());
         }
@@ -272,8 +276,12 @@ mod tests {
         let c = Config::from_args(args("--db x --addr 0.0.0.0:8080 --dev-sign-in --dev-sign-in-anywhere"))
             .unwrap();
         c.check().unwrap();
-        let c = Config::from_args(args("--db x --addr 0.0.0.0:8080 --jwt-hs256-secret s")).unwrap();
+        let secret = "0123456789abcdef0123456789abcdef";
+        let c = Config::from_args(args(&format!("--db x --addr 0.0.0.0:8080 --jwt-hs256-secret {secret}")))
+            .unwrap();
         c.check().unwrap();
-        assert!(format!("{c:?}").contains("(set)") && !format!("{c:?}").contains("\"s\""), "{c:?}");
+        assert!(format!("{c:?}").contains("(set)") && !format!("{c:?}").contains(secret), "{c:?}");
+        let c = Config::from_args(args("--db x --jwt-hs256-secret short")).unwrap();
+        assert!(c.check().unwrap_err().contains("32 bytes"));
     }
 }
