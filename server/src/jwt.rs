@@ -156,7 +156,6 @@ struct Key {
 struct KeySet {
     /// By `kid`; keys without a `kid` under "".
     keys: HashMap<String, Key>,
-    loaded: Option<Instant>,
 }
 
 /// Checks JWTs under a [`JwtConfig`]; keeps the JWKS cached.
@@ -215,7 +214,7 @@ fn read_jwks(source: &JwksSource) -> Result<KeySet, JwksError> {
     if keys.is_empty() {
         return Err(JwksError::Empty);
     }
-    Ok(KeySet { keys, loaded: Some(Instant::now()) })
+    Ok(KeySet { keys })
 }
 
 impl JwtVerifier {
@@ -245,17 +244,6 @@ impl JwtVerifier {
         let set = read_jwks(source)?;
         *self.jwks.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
         Ok(())
-    }
-
-    /// Whether the cached JWKS is older than the refresh interval.
-    pub fn jwks_stale(&self) -> bool {
-        self.config.jwks.is_some()
-            && self
-                .jwks
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .loaded
-                .is_none_or(|at| at.elapsed() >= self.config.jwks_refresh)
     }
 
     /// The configured refresh interval.
