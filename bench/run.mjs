@@ -222,7 +222,7 @@ let syncServerCounter = 0;
  */
 async function startSyncServer() {
   const dir = mkdtempSync(join(tmpdir(), "dovecote-bench-server-"));
-  const child = spawn(serverBin, ["--db", join(dir, "db.sqlite3"), "--addr", "127.0.0.1:0"], { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(serverBin, ["--db", join(dir, "db.sqlite3"), "--addr", "127.0.0.1:0", "--dev-sign-in", "--ip-rate-limit", "100000"], { stdio: ["ignore", "pipe", "pipe"] });
   const requests = {};
   let pending = "";
   child.stderr.on("data", (chunk) => {

@@ -54,7 +54,7 @@ async function dovecote(capture) {
     await profileMark("start");
     const drained = new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`drain timed out with ${sent} of ${COUNT} sent`)), 120_000);
-      ChatClient.open({ dbName, userId: "alice", serverUrl: server.url }).then((c) => {
+      ChatClient.open({ dbName, userId: "alice", serverUrl: server.url, devSignIn: true }).then((c) => {
         client = c;
         stopEvents = client.onEvent((event) => {
           if (event.type === "status" && event.message.status.state === "sent") {

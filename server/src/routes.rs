@@ -1,12 +1,13 @@
 //! The HTTP surface of protocol v1 (docs/protocol.md): routing, auth,
 //! request checks, CORS and the request log. Storage does the rest.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, RawQuery, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, RawQuery, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -23,7 +24,8 @@ use serde::Deserialize;
 use crate::auth::{random_string, InviteClaims, Signer};
 use crate::config::Config;
 use crate::error::{json_response, ApiError};
-use crate::events::Hub;
+use crate::events::{Hub, SocketLimits};
+use crate::jwt::{JwksError, JwtError, JwtVerifier};
 use crate::limits::RateLimiter;
 use crate::statics;
 use crate::storage::{self, IncomingMutation, PullQuery, Refusal, Storage};
@@ -44,20 +46,35 @@ pub struct App<S> {
     pub config: Config,
     /// Requests per user per minute.
     pub limiter: RateLimiter,
+    /// Sign-ins and failed authentications per client IP per minute.
+    pub ip_limiter: RateLimiter,
+    /// Checks the identity provider's JWTs.
+    pub jwt: JwtVerifier,
     /// WebSocket fan-out.
     pub hub: Arc<Hub>,
 }
 
 impl<S: Storage> App<S> {
-    /// Shared state for `storage` under `config`.
-    pub fn new(storage: S, config: Config) -> Arc<Self> {
-        Arc::new(App {
+    /// Shared state for `storage` under `config`; loads the JWKS if one is
+    /// configured (a blocking read).
+    pub fn try_new(storage: S, config: Config) -> Result<Arc<Self>, JwksError> {
+        Ok(Arc::new(App {
             signer: Signer::new(storage.token_secret()),
             limiter: RateLimiter::new(config.rate_limit),
+            ip_limiter: RateLimiter::new(config.ip_rate_limit),
+            jwt: JwtVerifier::new(config.jwt.clone())?,
             storage,
             config,
             hub: Arc::new(Hub::default()),
-        })
+        }))
+    }
+
+    /// [`App::try_new`] for a configuration without a JWKS to load.
+    ///
+    /// # Panics
+    /// If the configured JWKS cannot be loaded.
+    pub fn new(storage: S, config: Config) -> Arc<Self> {
+        Self::try_new(storage, config).expect("the JWKS loads")
     }
 }
 
@@ -68,9 +85,15 @@ pub fn now_ms() -> Millis {
 
 /// The router for `app`.
 pub fn router<S: Storage>(app: Arc<App<S>>) -> Router {
+    let sign_in = if app.config.dev_sign_in {
+        post(session::<S>)
+    } else {
+        // Not mounted: the same 404 as any unknown path, for every method.
+        axum::routing::any(|| async { ApiError::NotFound })
+    };
     let mut router = Router::new()
         .route("/healthz", get(healthz))
-        .route("/v1/session", post(session::<S>))
+        .route("/v1/session", sign_in)
         .route("/v1/push", post(push::<S>))
         .route("/v1/pull", get(pull::<S>))
         .route("/v1/events", get(events::<S>))
@@ -140,21 +163,80 @@ fn loggable_path(path: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Authed(pub UserId);
 
-fn authenticate<S: Storage>(app: &App<S>, token: Option<&str>) -> Result<UserId, ApiError> {
-    let claims = app
-        .signer
-        .verify_session(token.ok_or(ApiError::Unauthorized)?, now_ms())
-        .map_err(|_| ApiError::Unauthorized)?;
-    app.limiter
-        .check(claims.user.as_str(), Instant::now())
-        .map_err(|wait| ApiError::RateLimited { retry_after: wait.as_secs_f64().ceil().max(1.0) as u64 })?;
-    Ok(claims.user)
+/// A verified bearer token.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Who.
+    pub user: UserId,
+    /// Until when (ms since the epoch); sockets close then.
+    pub expires_at: Millis,
+}
+
+fn rate_limited(wait: std::time::Duration) -> ApiError {
+    ApiError::RateLimited { retry_after: wait.as_secs_f64().ceil().max(1.0) as u64 }
+}
+
+/// The client's IP: the TCP peer (a proxy in front must be trusted to limit
+/// by its own means; `X-Forwarded-For` is not believed).
+fn client_ip(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |ConnectInfo(addr)| addr.ip())
+}
+
+/// Checks a bearer token: the dev sign-in's own tokens when that is on, else
+/// (and also) the identity provider's JWTs. A failure costs the client IP one
+/// request of its budget, so guessing tokens is rate-limited too.
+async fn authenticate<S: Storage>(
+    app: &Arc<App<S>>,
+    token: Option<&str>,
+    ip: IpAddr,
+) -> Result<Session, ApiError> {
+    match verify_token(app, token).await {
+        Some(session) => {
+            app.limiter.check(session.user.as_str(), Instant::now()).map_err(rate_limited)?;
+            Ok(session)
+        }
+        None => {
+            app.ip_limiter.check(&ip.to_string(), Instant::now()).map_err(rate_limited)?;
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+async fn verify_token<S: Storage>(app: &Arc<App<S>>, token: Option<&str>) -> Option<Session> {
+    let token = token?;
+    if app.config.dev_sign_in && token.starts_with("s1.") {
+        let claims = app.signer.verify_session(token, now_ms()).ok()?;
+        return Some(Session { user: claims.user, expires_at: claims.expires_at });
+    }
+    if !app.jwt.enabled() {
+        return None;
+    }
+    let mut verified = app.jwt.verify(token);
+    if verified == Err(JwtError::NoKey) && app.jwt.wants_reload_for(token) {
+        // The IdP may have rotated its keys: re-read the JWKS once (rate-limited).
+        reload_jwks(app).await;
+        verified = app.jwt.verify(token);
+    }
+    verified.ok().map(|v| Session { user: v.user, expires_at: v.expires_at })
+}
+
+/// Re-reads the JWKS off the async threads; a failure keeps the old keys.
+pub async fn reload_jwks<S: Storage>(app: &Arc<App<S>>) {
+    let app = app.clone();
+    let reloaded = tokio::task::spawn_blocking(move || app.jwt.reload()).await;
+    if let Ok(Err(e)) = reloaded {
+        eprintln!("warning: JWKS reload failed, keeping the previous keys: {e}");
+    }
 }
 
 impl<S: Storage> FromRequestParts<Arc<App<S>>> for Authed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App<S>>) -> Result<Self, ApiError> {
+        let ip = client_ip(parts);
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -162,7 +244,19 @@ impl<S: Storage> FromRequestParts<Arc<App<S>>> for Authed {
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim());
-        authenticate(app, token).map(Authed)
+        authenticate(app, token, ip).await.map(|s| Authed(s.user))
+    }
+}
+
+/// The client IP of a request, as an extractor.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(client_ip(parts)))
     }
 }
 
@@ -184,8 +278,10 @@ async fn healthz() -> Response {
 /// DEV-ONLY sign-in: anyone may sign in as anyone. Replace for production.
 async fn session<S: Storage>(
     State(app): State<Arc<App<S>>>,
+    ClientIp(ip): ClientIp,
     raw: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
+    app.ip_limiter.check(&ip.to_string(), Instant::now()).map_err(rate_limited)?;
     let request: SessionRequest =
         serde_json::from_slice(&body(raw)?).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let user = UserId::parse(request.user.as_str()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -215,7 +311,7 @@ fn parse_push(bytes: &[u8]) -> Result<PushRequest, ApiError> {
 }
 
 /// Refusals that need no database: sizes, shapes, invite signatures.
-fn precheck<S: Storage>(app: &App<S>, body: &MutationBody, now: Millis) -> Option<Refusal> {
+fn precheck<S: Storage>(app: &App<S>, user: &UserId, body: &MutationBody, now: Millis) -> Option<Refusal> {
     let limit = app.config.envelope_limit;
     let too_large = |what: &str, len: usize| {
         (len > limit)
@@ -227,15 +323,18 @@ fn precheck<S: Storage>(app: &App<S>, body: &MutationBody, now: Millis) -> Optio
         }
         MutationBody::CreateThread { title, members, .. } => too_large("title envelope", title.0.len())
             .or_else(|| {
-                if members.len() > MAX_MEMBERS {
-                    Some(Refusal::new(
-                        "invalid",
-                        format!("{} members, over the limit of {MAX_MEMBERS}", members.len()),
-                    ))
+                // The creator counts, once, whether named or not.
+                let total = members
+                    .iter()
+                    .chain(std::iter::once(user))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len();
+                if total > MAX_MEMBERS {
+                    Some(Refusal::new("invalid", format!("{total} members, over the limit of {MAX_MEMBERS}")))
                 } else if members.iter().any(|m| UserId::parse(m.as_str()).is_err()) {
                     Some(Refusal::new(
                         "invalid",
-                        "user ids must be 1 to 128 characters without control characters",
+                        "user ids must be 1 to 128 bytes without control, bidi or invisible characters",
                     ))
                 } else {
                     None
@@ -278,7 +377,7 @@ async fn push<S: Storage>(
         .into_iter()
         .map(|m| IncomingMutation {
             mutation_id: m.mutation_id,
-            precheck: precheck(&app, &m.body, now),
+            precheck: precheck(&app, &user, &m.body, now),
             body: m.body,
         })
         .collect();
@@ -316,7 +415,12 @@ async fn pull<S: Storage>(
         Some(id) => Some(id.parse::<ThreadId>().map_err(|_| ApiError::NotFound)?),
         None => None,
     };
-    let query = PullQuery { cursor: params.cursor.unwrap_or(0), limit: limit.min(MAX_PULL_LIMIT), thread };
+    let query = PullQuery {
+        cursor: params.cursor.unwrap_or(0),
+        limit: limit.min(MAX_PULL_LIMIT),
+        thread,
+        max_bytes: app.config.page_bytes,
+    };
     match app.storage.pull(user, query).await? {
         Some(page) => Ok(json_response(StatusCode::OK, &page)),
         None => Err(ApiError::NotFound),
@@ -351,7 +455,13 @@ async fn accept_invite<S: Storage>(
         || ApiError::Forbidden { code: "invite_invalid", message: "the invite is invalid or expired".into() };
     let now = now_ms();
     let claims = app.signer.verify_invite(&token, now).map_err(|_| invalid())?;
-    let joined = app.storage.join(user, claims.thread_id, now).await?.ok_or_else(invalid)?;
+    let joined = match app.storage.join(user, claims.thread_id, now).await? {
+        Ok(joined) => joined,
+        Err(refusal) if refusal.code == "thread_full" => {
+            return Err(ApiError::Forbidden { code: "thread_full", message: refusal.message });
+        }
+        Err(_) => return Err(invalid()),
+    };
     app.hub.publish(joined.pokes);
     Ok(json_response(StatusCode::OK, &AcceptResponse { thread_id: claims.thread_id }))
 }
@@ -360,6 +470,7 @@ async fn accept_invite<S: Storage>(
 /// so the token comes in the query (which is never logged).
 async fn events<S: Storage>(
     State(app): State<Arc<App<S>>>,
+    ClientIp(ip): ClientIp,
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -368,9 +479,19 @@ async fn events<S: Storage>(
             .find_map(|pair| pair.strip_prefix("token="))
             .map(|t| percent_encoding::percent_decode_str(t).decode_utf8_lossy().into_owned())
     });
-    let user = authenticate(&app, token.as_deref())?;
+    let session = authenticate(&app, token.as_deref(), ip).await?;
     let upgrade = upgrade.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let subscription = app.hub.subscribe();
     let hub = app.hub.clone();
-    Ok(upgrade.on_upgrade(move |socket| hub.serve_socket(socket, user, subscription)))
+    let limits = SocketLimits {
+        max_sockets: app.config.ws_max_sockets,
+        ping_interval: app.config.ws_ping_interval,
+        idle_timeout: app.config.ws_idle_timeout,
+    };
+    Ok(upgrade
+        .max_message_size(app.config.ws_max_message)
+        .max_frame_size(app.config.ws_max_message)
+        .on_upgrade(move |socket| {
+            hub.serve_socket(socket, session.user, session.expires_at, limits, subscription)
+        }))
 }

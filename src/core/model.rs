@@ -192,13 +192,27 @@ impl<'de> Deserialize<'de> for UserId {
     }
 }
 
+/// Bidi controls, zero-width and other default-ignorable or blank-rendering
+/// characters (Unicode's Default_Ignorable_Code_Point, plus separators and
+/// fillers that render blank). Kept as ranges: no Unicode tables in the wasm.
+fn is_invisible(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F
+        | 0x200B..=0x200F | 0x2028..=0x202E | 0x205F..=0x206F | 0x3164 | 0xFE00..=0xFE0F
+        | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFFB | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A
+        | 0xE0000..=0xE0FFF)
+}
+
 impl UserId {
     /// Largest user id, in bytes.
     pub const MAX_LEN: usize = 128;
 
-    /// Checks that `s` is a usable user id: 1 to 128 bytes, no control characters.
+    /// Checks that `s` is a usable user id: 1 to 128 bytes, no control
+    /// characters, and nothing that renders as nothing or reorders text (bidi
+    /// controls, zero-width and other invisible characters), so that two ids
+    /// that look the same are the same id.
     pub fn parse(s: &str) -> Result<Self, InvalidInput> {
-        if s.is_empty() || s.len() > Self::MAX_LEN || s.chars().any(char::is_control) {
+        if s.is_empty() || s.len() > Self::MAX_LEN || s.chars().any(|c| c.is_control() || is_invisible(c)) {
             return Err(InvalidInput::UserId);
         }
         Ok(UserId(s.to_owned()))
@@ -241,8 +255,8 @@ pub enum InvalidInput {
     /// More members than [`MAX_MEMBERS`].
     #[error("{0} members, over the limit of {MAX_MEMBERS}")]
     TooManyMembers(usize),
-    /// A user id that is empty, too long or has control characters.
-    #[error("user ids must be 1 to 128 characters without control characters")]
+    /// A user id that is empty, too long, or has control or invisible characters.
+    #[error("user ids must be 1 to 128 bytes, no control or invisible characters")]
     UserId,
     /// A string that is not an id.
     #[error(transparent)]
@@ -461,6 +475,32 @@ pub struct Mutation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_ids_with_bidi_zero_width_or_invisible_characters_are_refused() {
+        for ok in ["alice", "bob@example.com", "Zoë", "李小龙", "a b", "🙂"] {
+            assert!(UserId::parse(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "ali\u{202E}ce",
+            "\u{2066}alice",
+            "alice\u{200F}",
+            "ali\u{200B}ce",
+            "ali\u{200D}ce",
+            "\u{FEFF}alice",
+            "ali\u{00AD}ce",
+            "alice\u{2060}",
+            "\u{3164}",
+            "alice\u{E0041}",
+            "ali\u{061C}ce",
+            "alice\u{2028}",
+            "ali\nce",
+            "",
+        ] {
+            assert_eq!(UserId::parse(bad), Err(InvalidInput::UserId), "{bad:?}");
+            assert!(serde_json::from_str::<UserId>(&serde_json::to_string(bad).unwrap()).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn ids_round_trip_and_sort_by_time() {

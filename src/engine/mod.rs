@@ -238,6 +238,10 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         }
         crate::core::model::sort_by_key(&mut all, |u| u);
         all.dedup();
+        // The caller counts: the server holds a thread to MAX_MEMBERS in all.
+        if all.len() > MAX_MEMBERS {
+            return Err(InvalidInput::TooManyMembers(all.len()).into());
+        }
 
         let now = self.clock.now();
         let thread_id = ThreadId(self.new_id());

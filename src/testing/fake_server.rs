@@ -216,7 +216,7 @@ impl State {
     }
 
     /// Refusals that need no data: sizes, member lists, invites.
-    fn precheck(&self, body: &MutationBody) -> Option<Refused> {
+    fn precheck(&self, user: &UserId, body: &MutationBody) -> Option<Refused> {
         let limit = self.limits.envelope_bytes;
         let too_large = |what: &str, len: usize| {
             (len > limit).then(|| ("too_large", format!("{what} is {len} bytes, over the limit of {limit}")))
@@ -227,7 +227,8 @@ impl State {
             }
             MutationBody::CreateThread { title, members, .. } => too_large("title envelope", title.0.len())
                 .or_else(|| {
-                    let bad = members.len() > MAX_MEMBERS
+                    // The creator counts (once), as on the reference server.
+                    let bad = members.len() + usize::from(!members.contains(user)) > MAX_MEMBERS
                         || members.iter().any(|m| UserId::parse(m.as_str()).is_err());
                     bad.then(|| ("invalid", "too many members, or a malformed user id".into()))
                 }),
@@ -248,7 +249,7 @@ impl State {
                     return if row.created_by == *user {
                         Ok((row.created_seq, row.server_ts))
                     } else {
-                        Err(("conflict", "a thread with this id already exists".into()))
+                        Err(("conflict", "this id cannot be used; make a new one".into()))
                     };
                 }
                 let mut all: BTreeSet<UserId> = members.iter().cloned().collect();
@@ -278,7 +279,7 @@ impl State {
                         self.stats.send_repeats += 1;
                         Ok((existing.seq, existing.server_ts))
                     } else {
-                        Err(("conflict", "a message with this id already exists".into()))
+                        Err(("conflict", "this id cannot be used; make a new one".into()))
                     };
                 }
                 let message = ServerMessage {
@@ -317,6 +318,13 @@ impl State {
                 Ok(self.record_change(Entity::Message(*message_id)))
             }
             MutationBody::Join { thread_id, .. } => {
+                let full = self
+                    .threads
+                    .get(thread_id)
+                    .is_some_and(|row| row.members.len() >= MAX_MEMBERS && !row.members.contains(user));
+                if full {
+                    return Err(("thread_full", "the thread has the most members there may be".into()));
+                }
                 self.join(user, *thread_id).ok_or(("invite_invalid", "the invite is not valid".into()))
             }
         }
@@ -413,7 +421,7 @@ impl State {
                     }
                 }
             } else {
-                let result = match self.precheck(&m.body) {
+                let result = match self.precheck(user, &m.body) {
                     Some(refused) => Err(refused),
                     None => self.apply(user, &m.body),
                 };

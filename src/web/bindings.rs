@@ -11,7 +11,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{future_to_promise, spawn_local};
 use zeroize::Zeroizing;
 
-use crate::core::model::{InvalidInput, MessageId, ThreadId, UserId};
+use crate::core::model::{InvalidInput, MessageId, Millis, ThreadId, UserId};
 use crate::engine::{Client, ClientEvent, Error, SubscriptionId, DEFAULT_PAGE};
 use crate::ports::Transport as _;
 use crate::web::driver::{Session, SyncDriver};
@@ -48,10 +48,30 @@ export interface OpenOptions {
    */
   serverUrl?: string;
   /**
-   * Bearer token for the server. Without one, the client signs in with the
-   * server's dev-only `POST /v1/session` as `userId` (demo and tests only).
+   * Bearer token for the server: a JWT from your identity provider. With
+   * `serverUrl`, one of `token`, `getToken` or `devSignIn: true` is required
+   * (`invalid_input` otherwise).
    */
   token?: string;
+  /**
+   * Gets a fresh bearer token: called at start (unless `token` is given) and
+   * whenever the server answers 401. While it rejects, sync waits with
+   * backoff and calls it again; queued messages wait, they never fail
+   * because a token expired.
+   */
+  getToken?: () => Promise<string>;
+  /**
+   * Sign in with the reference server's DEV-ONLY `POST /v1/session` as
+   * `userId` (a server started with `--dev-sign-in`): anyone can be anyone.
+   * For demos and tests only.
+   */
+  devSignIn?: boolean;
+  /**
+   * How often the event socket checks that the server still answers, in ms
+   * (default 25,000). A socket that hears nothing, neither a poke nor a pong,
+   * for one whole interval is closed and reconnected with backoff.
+   */
+  heartbeatMs?: number;
 }
 
 /** Where background sync stands. */
@@ -193,22 +213,25 @@ fn from_js<T: DeserializeOwned>(value: JsValue, what: &str) -> Result<T, JsValue
     serde_json::from_str(&text).map_err(|e| dovecote_error("invalid_input", &format!("invalid {what}: {e}")))
 }
 
-/// Splits `passphrase` from the open options: the passphrase, and a copy of
-/// the options without it (the caller's object is left alone). A passphrase
-/// that is not a string is refused.
+/// Takes `key` out of the open options: its value, if set, and a copy of
+/// the options without it (the caller's object is left alone).
+fn take_option(options: &JsValue, key: &str) -> Option<(JsValue, JsValue)> {
+    let object = options.dyn_ref::<js_sys::Object>()?;
+    let key = JsValue::from_str(key);
+    let value = js_sys::Reflect::get(object, &key).ok().filter(|v| !v.is_undefined())?;
+    let rest = js_sys::Object::assign(&js_sys::Object::new(), object);
+    let _ = js_sys::Reflect::delete_property(&rest, &key);
+    Some((value, rest.into()))
+}
+
+/// Splits `passphrase` from the open options (see [`take_option`]). A
+/// passphrase that is not a string is refused.
 fn take_passphrase(options: JsValue) -> Result<(Option<String>, JsValue), JsValue> {
-    let Some(object) = options.dyn_ref::<js_sys::Object>() else { return Ok((None, options)) };
-    let key = JsValue::from_str("passphrase");
-    let value = js_sys::Reflect::get(object, &key).unwrap_or(JsValue::UNDEFINED);
-    if value.is_undefined() {
-        return Ok((None, options));
-    }
+    let Some((value, rest)) = take_option(&options, "passphrase") else { return Ok((None, options)) };
     let Some(passphrase) = value.as_string() else {
         return Err(js_error(Error::PassphraseRefused("the passphrase must be a string")));
     };
-    let rest = js_sys::Object::assign(&js_sys::Object::new(), object);
-    let _ = js_sys::Reflect::delete_property(&rest, &key);
-    Ok((Some(passphrase), rest.into()))
+    Ok((Some(passphrase), rest))
 }
 
 fn parse_thread_id(id: &str) -> Result<ThreadId, JsValue> {
@@ -223,6 +246,8 @@ struct OpenOptions {
     device_name: Option<String>,
     server_url: Option<String>,
     token: Option<String>,
+    dev_sign_in: Option<bool>,
+    heartbeat_ms: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -308,8 +333,42 @@ impl ChatClient {
         // returns, however it returns.
         let (passphrase, options) = take_passphrase(options)?;
         let passphrase = Zeroizing::new(passphrase);
+        // `getToken` is a function, not JSON: taken out before parsing.
+        let (get_token, options) = match take_option(&options, "getToken") {
+            None => (None, options),
+            Some((get, rest)) => match get.dyn_into::<Function>() {
+                Ok(get) => (Some(get), rest),
+                Err(_) => return Err(dovecote_error("invalid_input", "getToken is not a function")),
+            },
+        };
         let options: OpenOptions = from_js(options, "options")?;
         let user = UserId::parse(&options.user_id).map_err(|e| js_error(e.into()))?;
+        // Checked before anything is opened: refused input writes nothing.
+        let server = options
+            .server_url
+            .as_deref()
+            .map(ServerUrl::parse)
+            .transpose()
+            .map_err(|e| js_error(InvalidInput::ServerUrl(e.to_string()).into()))?;
+        let dev_sign_in = options.dev_sign_in == Some(true);
+        let session = match (options.token, get_token, dev_sign_in) {
+            (token, None, false) if token.is_some() || server.is_none() => token.map(Session::Token),
+            (token, Some(get), false) => Some(Session::GetToken { token, get }),
+            (None, None, true) => Some(Session::DevSignIn(user.clone())),
+            (None, None, false) => {
+                return Err(dovecote_error(
+                    "invalid_input",
+                    "with serverUrl, give token or getToken (your identity provider's token), or \
+                     devSignIn: true (the server's dev-only sign-in, for demos and tests)",
+                ))
+            }
+            _ => {
+                return Err(dovecote_error(
+                    "invalid_input",
+                    "devSignIn cannot be combined with token or getToken",
+                ))
+            }
+        };
         if passphrase.as_deref() == Some("") {
             return Err(js_error(Error::PassphraseRefused("the passphrase is empty")));
         }
@@ -321,26 +380,16 @@ impl ChatClient {
                 return Err(js_error(e));
             }
         };
-        let server = match options.server_url.as_deref().map(ServerUrl::parse).transpose() {
-            Ok(server) => server,
-            Err(e) => {
-                store.close();
-                return Err(js_error(InvalidInput::ServerUrl(e.to_string()).into()));
-            }
-        };
         let inner = match Client::open(store, BrowserClock, kek, user.clone(), options.device_name).await {
             Ok(client) => Rc::new(client),
             Err(e) => return Err(js_error(e)),
         };
         let tabs = Rc::new(Tabs::default());
         let scope = scope_name(&options.db_name, &options.user_id);
-        if let Some(server) = server {
-            let session = match options.token {
-                Some(token) => Session::Token(token),
-                None => Session::DevSignIn(user),
-            };
+        if let (Some(server), Some(session)) = (server, session) {
             // Every tab has a loop; only the leader's runs.
-            let driver = Rc::new(SyncDriver::start(inner.clone(), server, session, false));
+            let heartbeat = options.heartbeat_ms.map(|ms| Millis::from(ms.max(100)));
+            let driver = Rc::new(SyncDriver::start(inner.clone(), server, session, heartbeat, false));
             let weak = Rc::downgrade(&driver);
             *tabs.driver.borrow_mut() = Some(driver);
             *tabs.election.borrow_mut() = Some(LeaderElection::start(&scope, move |leader| {

@@ -5,15 +5,19 @@
 //!
 //! Only the sync leader among a user's tabs runs rounds and keeps the socket
 //! (see `tabs`); a follower's loop sleeps until it is made leader. The loop
-//! signs in with the server's dev-only session endpoint when the app gave no
-//! token, and again when the server says the token expired (401), so a
-//! queue never fails for an expired session. Dropping the [`SyncDriver`]
-//! stops the loop, the socket and the listeners.
+//! gets a token from the app's `getToken` (or, when asked for, the server's
+//! dev-only session endpoint) at start and again whenever the server says
+//! the token is no good (401); while that fails it waits with backoff. A 401
+//! is never a mutation's rejection, so a queue never fails for an expired
+//! session: it waits for the next token. Dropping the [`SyncDriver`] stops
+//! the loop, the socket and the listeners.
 
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 
-use wasm_bindgen_futures::spawn_local;
+use js_sys::{Function, Promise};
+use wasm_bindgen::{JsCast as _, JsValue};
+use wasm_bindgen_futures::{spawn_local, JsFuture};
 
 use crate::core::model::{Millis, UserId};
 use crate::core::outbox::Backoff;
@@ -23,7 +27,7 @@ use crate::ports::Clock;
 use crate::web::bindings::BrowserClient;
 use crate::web::http::{sign_in, HttpTransport, ServerUrl};
 use crate::web::timers::{BrowserEvent, BrowserEvents, Trigger};
-use crate::web::ws::{PokeSocket, SocketEvent};
+use crate::web::ws::{PokeSocket, SocketEvent, SocketOptions};
 use crate::web::BrowserClock;
 
 /// With nothing due and no poke, pull anyway this often (pokes can be lost).
@@ -31,16 +35,42 @@ const POLL_MS: Millis = 60_000;
 
 /// Where the session token comes from.
 pub enum Session {
-    /// The app gave a token; on 401 the loop waits for a new one.
+    /// The app gave a token; on 401 the loop waits for `setToken`.
     Token(String),
+    /// The app's `getToken`: called at start (unless a first token is given)
+    /// and on every 401.
+    GetToken {
+        /// A first token, if the app gave one.
+        token: Option<String>,
+        /// `() => Promise<string>`.
+        get: Function,
+    },
     /// Sign in as this user with the dev-only endpoint, again on 401.
     DevSignIn(UserId),
+}
+
+/// How a refused or missing token is replaced.
+enum Refresh {
+    GetToken(Function),
+    DevSignIn(UserId),
+}
+
+/// Calls the app's `getToken` and waits for its promise: the token, or
+/// `None` if it threw, rejected or gave no non-empty string.
+async fn call_get_token(get: &Function) -> Option<String> {
+    let value = get.call0(&JsValue::NULL).ok()?;
+    let value = match value.dyn_into::<Promise>() {
+        Ok(promise) => JsFuture::from(promise).await.ok()?,
+        Err(value) => value,
+    };
+    value.as_string().filter(|t| !t.is_empty())
 }
 
 struct Shared {
     client: Rc<BrowserClient>,
     transport: HttpTransport,
-    sign_in_as: Option<UserId>,
+    refresh: Option<Refresh>,
+    socket_options: SocketOptions,
     has_token: Cell<bool>,
     trigger: Trigger,
     /// The next round first makes rows waiting out a backoff due.
@@ -48,6 +78,8 @@ struct Shared {
     leader: Cell<bool>,
     stopped: Cell<bool>,
     socket: RefCell<Option<PokeSocket>>,
+    /// Whether the socket was open at its last report.
+    socket_up: Cell<bool>,
 }
 
 /// The running loop; dropping it stops everything.
@@ -59,21 +91,35 @@ pub struct SyncDriver {
 impl SyncDriver {
     /// Starts the loop for `client` against `server`. It runs rounds only
     /// while [`set_leader`](Self::set_leader) says this tab leads.
-    pub fn start(client: Rc<BrowserClient>, server: ServerUrl, session: Session, leader: bool) -> SyncDriver {
-        let (token, sign_in_as) = match session {
+    /// `heartbeat_ms` overrides the socket's heartbeat interval.
+    pub fn start(
+        client: Rc<BrowserClient>,
+        server: ServerUrl,
+        session: Session,
+        heartbeat_ms: Option<Millis>,
+        leader: bool,
+    ) -> SyncDriver {
+        let (token, refresh) = match session {
             Session::Token(token) => (token, None),
-            Session::DevSignIn(user) => (String::new(), Some(user)),
+            Session::GetToken { token, get } => (token.unwrap_or_default(), Some(Refresh::GetToken(get))),
+            Session::DevSignIn(user) => (String::new(), Some(Refresh::DevSignIn(user))),
         };
+        let mut socket_options = SocketOptions::DEFAULT;
+        if let Some(ms) = heartbeat_ms {
+            socket_options.heartbeat_ms = ms;
+        }
         let shared = Rc::new(Shared {
             client,
             has_token: Cell::new(!token.is_empty()),
             transport: HttpTransport::new(server, token),
-            sign_in_as,
+            refresh,
+            socket_options,
             trigger: Trigger::new(),
             urgent: Cell::new(true),
             leader: Cell::new(leader),
             stopped: Cell::new(false),
             socket: RefCell::default(),
+            socket_up: Cell::new(false),
         });
         let weak = Rc::downgrade(&shared);
         let events = BrowserEvents::listen(move |event| {
@@ -170,11 +216,33 @@ impl Shared {
     }
 
     async fn sign_in(&self) -> Result<(), ErrorInfo> {
-        let Some(user) = &self.sign_in_as else {
-            let why =
-                ErrorInfo { code: "unauthorized".into(), message: "the session token was refused".into() };
-            self.client.set_sync_state(SyncState::Error, Some(why.clone()));
-            return Err(why);
+        let user = match &self.refresh {
+            None => {
+                let why = ErrorInfo {
+                    code: "unauthorized".into(),
+                    message: "the session token was refused".into(),
+                };
+                self.client.set_sync_state(SyncState::Error, Some(why.clone()));
+                return Err(why);
+            }
+            Some(Refresh::GetToken(get)) => {
+                return match call_get_token(get).await {
+                    Some(token) => {
+                        self.transport.set_token(token);
+                        self.has_token.set(true);
+                        Ok(())
+                    }
+                    None => {
+                        let why = ErrorInfo {
+                            code: "token_unavailable".into(),
+                            message: "getToken threw, rejected or gave no token".into(),
+                        };
+                        self.client.set_sync_state(SyncState::Error, Some(why.clone()));
+                        Err(why)
+                    }
+                };
+            }
+            Some(Refresh::DevSignIn(user)) => user,
         };
         match sign_in(self.transport.server(), user).await {
             Ok(session) => {
@@ -195,14 +263,26 @@ impl Shared {
             return;
         }
         let weak: Weak<Shared> = Rc::downgrade(self);
-        let socket = PokeSocket::connect(self.transport.events_url(), move |event| {
-            let Some(shared) = weak.upgrade() else { return };
-            match event {
-                // Whatever happened while the socket was down: pull now.
-                SocketEvent::Connected | SocketEvent::Server(ServerEvent::Poke { .. }) => shared.wake(true),
-                SocketEvent::Disconnected { .. } => {}
-            }
-        });
+        let socket =
+            PokeSocket::connect_with(self.transport.events_url(), self.socket_options, move |event| {
+                let Some(shared) = weak.upgrade() else { return };
+                match event {
+                    // Whatever happened while the socket was down: pull now.
+                    SocketEvent::Connected => {
+                        shared.socket_up.set(true);
+                        shared.wake(true);
+                    }
+                    SocketEvent::Server(ServerEvent::Poke { .. }) => shared.wake(true),
+                    // An open socket was lost (the server closes it when its
+                    // token expires): a round tells, and on a 401 gets a new
+                    // token and a new socket. Failed attempts do not wake.
+                    SocketEvent::Disconnected { .. } => {
+                        if shared.socket_up.replace(false) {
+                            shared.wake(false);
+                        }
+                    }
+                }
+            });
         *self.socket.borrow_mut() = Some(socket);
     }
 }
@@ -235,8 +315,8 @@ async fn run(shared: Rc<Shared>) {
                     report.next_wake.map(|at| at.saturating_sub(BrowserClock.now()))
                 }
                 Some(why) => {
-                    if why.code == "unauthorized" && shared.sign_in_as.is_some() {
-                        // Sign in again on the next turn, with a fresh socket.
+                    if why.code == "unauthorized" && shared.refresh.is_some() {
+                        // A new token on the next turn, and a fresh socket with it.
                         shared.has_token.set(false);
                         shared.socket.borrow_mut().take();
                     }

@@ -14,6 +14,13 @@
 //! attempt that is not open within [`SocketOptions::connect_timeout_ms`] is
 //! abandoned and counts as failed.
 //!
+//! While open, the socket sends `{"type":"ping"}` every
+//! [`SocketOptions::heartbeat_ms`]; the server answers `{"type":"pong"}`. A
+//! socket that heard nothing (no pong, no poke) during a whole interval is
+//! taken for dead (a proxy or a sleeping network can drop a connection
+//! without either end seeing a close): it is closed and reconnected with
+//! backoff, like a lost connection.
+//!
 //! Dropping the [`PokeSocket`] stops it for good: the socket is closed, timers
 //! are cancelled, and no callback runs afterwards.
 //!
@@ -57,13 +64,21 @@ pub struct SocketOptions {
     pub stable_after_ms: Millis,
     /// An attempt not open after this long is closed and counts as failed.
     pub connect_timeout_ms: Millis,
+    /// Ping interval while open; a whole interval without a frame from the
+    /// server closes the socket (and reconnects).
+    pub heartbeat_ms: Millis,
 }
 
 impl SocketOptions {
     /// [`Backoff::DEFAULT`] (500 ms doubling to 60 s), stable after 10 s,
-    /// connect timeout 15 s.
-    pub const DEFAULT: SocketOptions =
-        SocketOptions { backoff: Backoff::DEFAULT, stable_after_ms: 10_000, connect_timeout_ms: 15_000 };
+    /// connect timeout 15 s, heartbeat 25 s (the server closes sockets
+    /// silent for 120 s).
+    pub const DEFAULT: SocketOptions = SocketOptions {
+        backoff: Backoff::DEFAULT,
+        stable_after_ms: 10_000,
+        connect_timeout_ms: 15_000,
+        heartbeat_ms: 25_000,
+    };
 }
 
 impl Default for SocketOptions {
@@ -100,6 +115,10 @@ struct Inner {
     /// The connect timeout while connecting, the stability timer while
     /// open, the backoff while waiting to reconnect.
     timer: Option<Timeout>,
+    /// The next heartbeat check, while open.
+    heartbeat: Option<Timeout>,
+    /// Whether a frame came since the last heartbeat check.
+    heard: bool,
     on_event: Callback,
 }
 
@@ -144,6 +163,8 @@ impl PokeSocket {
             connected: false,
             socket: None,
             timer: None,
+            heartbeat: None,
+            heard: false,
             on_event: Rc::new(RefCell::new(on_event)),
         }));
         open(&inner);
@@ -168,11 +189,11 @@ impl PokeSocket {
 impl Drop for PokeSocket {
     fn drop(&mut self) {
         // Take them out first: their drops must not run under the borrow.
-        let (socket, timer) = {
+        let (socket, timer, heartbeat) = {
             let mut inner = self.inner.borrow_mut();
-            (inner.socket.take(), inner.timer.take())
+            (inner.socket.take(), inner.timer.take(), inner.heartbeat.take())
         };
-        drop((socket, timer));
+        drop((socket, timer, heartbeat));
     }
 }
 
@@ -190,6 +211,7 @@ fn open(this: &Rc<RefCell<Inner>>) {
         let weak = weak.clone();
         move |message: MessageEvent| {
             let Some(this) = weak.upgrade() else { return };
+            this.borrow_mut().heard = true;
             let Some(text) = message.data().as_string() else { return };
             if let Ok(event) = serde_json::from_str::<ServerEvent>(&text) {
                 emit(&this, SocketEvent::Server(event));
@@ -239,7 +261,32 @@ fn on_opened(this: &Rc<RefCell<Inner>>) {
         inner.timer.replace(reset)
     };
     drop(previous);
+    schedule_heartbeat(this);
     emit(this, SocketEvent::Connected);
+}
+
+/// Pings now and checks at the end of the interval that something came back.
+fn schedule_heartbeat(this: &Rc<RefCell<Inner>>) {
+    let interval = this.borrow().options.heartbeat_ms;
+    let weak = Rc::downgrade(this);
+    let check = Timeout::new(interval, move || {
+        let Some(this) = weak.upgrade() else { return };
+        let heard = std::mem::take(&mut this.borrow_mut().heard);
+        if heard {
+            schedule_heartbeat(&this);
+        } else {
+            on_closed(&this); // silent: drop it and reconnect with backoff
+        }
+    });
+    let previous = {
+        let mut inner = this.borrow_mut();
+        inner.heard = false;
+        if let Some(live) = &inner.socket {
+            let _ = live.socket.send_with_str(r#"{"type":"ping"}"#);
+        }
+        inner.heartbeat.replace(check)
+    };
+    drop(previous);
 }
 
 fn on_closed(this: &Rc<RefCell<Inner>>) {
@@ -258,7 +305,7 @@ fn on_closed(this: &Rc<RefCell<Inner>>) {
         let mut inner = this.borrow_mut();
         inner.connected = false;
         inner.failures = inner.failures.saturating_add(1);
-        (inner.socket.take(), inner.timer.replace(retry))
+        (inner.socket.take(), inner.timer.replace(retry), inner.heartbeat.take())
     };
     // Drops the closure that is running now; wasm-bindgen frees it only
     // once it returns.

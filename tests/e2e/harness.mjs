@@ -14,12 +14,15 @@ const root = new URL("../../", import.meta.url).pathname;
  * test restart the same server: `stop({ keepData: true })`, then start again
  * with both.
  */
-export async function startServer({ dir, port = 0, args = [] } = {}) {
+export async function startServer({ dir, port = 0, args = [], devSignIn = true } = {}) {
   dir ??= mkdtempSync(join(tmpdir(), "dovecote-e2e-"));
   const target = process.env.CARGO_TARGET_DIR ?? join(root, "target");
   const bin = process.env.DOVECOTE_SERVER_BIN ?? join(target, "debug/dovecote-server");
   const addr = `127.0.0.1:${port}`;
-  const child = spawn(bin, ["--db", join(dir, "db.sqlite3"), "--addr", addr, "--static", root, ...args], {
+  // --dev-sign-in (loopback only): the pages sign in by name; a JWT test passes its own flags too.
+  const base = ["--db", join(dir, "db.sqlite3"), "--addr", addr, "--static", root];
+  const auth = devSignIn ? ["--dev-sign-in", "--ip-rate-limit", "100000"] : [];
+  const child = spawn(bin, [...base, ...auth, ...args], {
     stdio: ["ignore", "pipe", process.env.DOVECOTE_SERVER_LOG ? "inherit" : "ignore"],
   });
   const url = await new Promise((resolve, reject) => {

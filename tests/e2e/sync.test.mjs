@@ -44,7 +44,7 @@ async function outage(server, url, port, dir, restarted, stopping) {
   // Alice makes a thread and an invite while online; Bob's device will join with it.
   const invite = await page.evaluate(async (url) => {
     const { ChatClient } = window.dovecote;
-    const alice = await ChatClient.open({ dbName: "alice", userId: "alice", serverUrl: url });
+    const alice = await ChatClient.open({ dbName: "alice", userId: "alice", serverUrl: url, devSignIn: true });
     const thread = await alice.createThread({ title: "Outage" });
     window.threadId = thread.id;
     const invite = await alice.exportThreadInvite(thread.id);
@@ -57,7 +57,7 @@ async function outage(server, url, port, dir, restarted, stopping) {
 
   const queued = await page.evaluate(async (url) => {
     const { ChatClient } = window.dovecote;
-    const alice = await ChatClient.open({ dbName: "alice", userId: "alice", serverUrl: url });
+    const alice = await ChatClient.open({ dbName: "alice", userId: "alice", serverUrl: url, devSignIn: true });
     for (let n = 0; n < 500; n++) await alice.send(window.threadId, `m${n}`);
     const page = await alice.messages(window.threadId, { limit: 1000 });
     const outbox = await alice.outbox();
@@ -69,7 +69,7 @@ async function outage(server, url, port, dir, restarted, stopping) {
   // Reopen (a reload's worth: a new client on the same database), then the server comes back.
   await page.evaluate(async (url) => {
     const { ChatClient } = window.dovecote;
-    window.alice = await ChatClient.open({ dbName: "alice", userId: "alice", serverUrl: url });
+    window.alice = await ChatClient.open({ dbName: "alice", userId: "alice", serverUrl: url, devSignIn: true });
   }, url);
   server = await startServer({ dir, port });
   restarted(server);
@@ -93,7 +93,7 @@ async function outage(server, url, port, dir, restarted, stopping) {
     // Bob, another database in the same browser, joins by the invite and sees all 500.
     const bob = await page.evaluate(async ({ url, invite }) => {
       const { ChatClient } = window.dovecote;
-      const bob = await ChatClient.open({ dbName: "bob", userId: "bob", serverUrl: url });
+      const bob = await ChatClient.open({ dbName: "bob", userId: "bob", serverUrl: url, devSignIn: true });
       window.bob = bob;
       const { threadId } = await bob.importThreadInvite(`#k=${invite}`);
       for (let i = 0; i < 100; i++) {
@@ -141,7 +141,7 @@ test("a push the server refuses for good fails that message alone; retry and can
   try {
     const result = await page.evaluate(async (url) => {
       const { ChatClient } = window.dovecote;
-      const alice = await ChatClient.open({ dbName: "alice-413", userId: "alice", serverUrl: url });
+      const alice = await ChatClient.open({ dbName: "alice-413", userId: "alice", serverUrl: url, devSignIn: true });
       const thread = await alice.createThread({ title: "Limits" });
       await alice.syncNow();
       await alice.send(thread.id, "before");
@@ -193,7 +193,7 @@ test("an ack lost after the server applied the push is retried and the server ho
   try {
     await page.evaluate(async (url) => {
       const { ChatClient } = window.dovecote;
-      window.alice = await ChatClient.open({ dbName: "alice-ack", userId: "alice", serverUrl: url });
+      window.alice = await ChatClient.open({ dbName: "alice-ack", userId: "alice", serverUrl: url, devSignIn: true });
       window.thread = await window.alice.createThread({ title: "Acks" });
       await window.alice.syncNow();
     }, server.url);

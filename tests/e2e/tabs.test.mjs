@@ -32,7 +32,7 @@ async function openTab(context, dbName) {
       window.leader = false;
       window.versionChanged = false;
       window.shown = new Map(); // message id -> latest state, from subscriptions
-      window.client = await ChatClient.open({ dbName, userId: "alice", serverUrl: url });
+      window.client = await ChatClient.open({ dbName, userId: "alice", serverUrl: url, devSignIn: true });
       window.client.onEvent((e) => {
         if (e.type === "leader") window.leader = e.leader;
         if (e.type === "version_change") window.versionChanged = true;

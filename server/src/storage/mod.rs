@@ -105,6 +105,9 @@ pub struct PullQuery {
     pub limit: u32,
     /// Only this thread.
     pub thread: Option<ThreadId>,
+    /// At most this many bytes of changes (as JSON); a single larger change
+    /// still goes alone, so that a feed can never get stuck.
+    pub max_bytes: usize,
 }
 
 /// The server's database. Every method is one transaction.
@@ -137,12 +140,13 @@ pub trait Storage: Send + Sync + 'static {
     /// Whether `user` is a member of `thread` (false if there is no such thread).
     fn is_member(&self, user: UserId, thread: ThreadId) -> impl Future<Output = Result<bool>> + Send;
 
-    /// Makes `user` a member of `thread` (its invite already checked);
-    /// `None` if the thread does not exist.
+    /// Makes `user` a member of `thread` (its invite already checked); a
+    /// refusal if the thread does not exist (`invite_invalid`) or already has
+    /// [`MAX_MEMBERS`](dovecote::core::model::MAX_MEMBERS) members (`thread_full`).
     fn join(
         &self,
         user: UserId,
         thread: ThreadId,
         now: Millis,
-    ) -> impl Future<Output = Result<Option<Joined>>> + Send;
+    ) -> impl Future<Output = Result<std::result::Result<Joined, Refusal>>> + Send;
 }

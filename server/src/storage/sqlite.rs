@@ -261,6 +261,19 @@ fn members(conn: &Connection, thread: ThreadId) -> Result<Vec<UserId>> {
 /// `Ok(Err(refusal))` refused with nothing written, `Err` a database fault.
 type Applied = std::result::Result<(u64, Millis), Refusal>;
 
+/// One answer for every id the server will not take: a thread or message id
+/// someone else holds, or an id stamped more than a day in the future. The
+/// same code and text either way, so a refusal does not tell that the id
+/// exists (docs/protocol.md §4.3).
+fn id_unavailable() -> Refusal {
+    Refusal::new("conflict", "this id cannot be used; make a new one")
+}
+
+/// Ids carry their creation time; one far in the future is not a real id.
+fn implausible_id(id: dovecote::core::model::Id, now: Millis) -> bool {
+    id.created_at() > now.saturating_add(24 * 3600 * 1000)
+}
+
 fn not_member() -> Refusal {
     // Same answer whether or not the thread exists: existence is not leaked.
     Refusal::new("not_member", "not a member of this thread")
@@ -269,6 +282,9 @@ fn not_member() -> Refusal {
 fn apply(tx: &Transaction<'_>, user: &UserId, body: &MutationBody, now: Millis) -> Result<Applied> {
     match body {
         MutationBody::CreateThread { thread_id, title, members: named, created_at } => {
+            if implausible_id(thread_id.0, now) {
+                return Ok(Err(id_unavailable()));
+            }
             let existing: Option<(String, i64, i64)> = tx
                 .query_row(
                     "SELECT created_by, created_seq, server_ts FROM threads WHERE id = ?1",
@@ -280,7 +296,7 @@ fn apply(tx: &Transaction<'_>, user: &UserId, body: &MutationBody, now: Millis) 
                 return Ok(if created_by == user.as_str() {
                     Ok((seq as u64, ts as u64))
                 } else {
-                    Err(Refusal::new("conflict", "a thread with this id already exists"))
+                    Err(id_unavailable())
                 });
             }
             let seq = record_change(tx, &thread_entity(*thread_id), *thread_id, None, now)?;
@@ -307,6 +323,9 @@ fn apply(tx: &Transaction<'_>, user: &UserId, body: &MutationBody, now: Millis) 
             if !is_member(tx, user, *thread_id)? {
                 return Ok(Err(not_member()));
             }
+            if implausible_id(message_id.0, now) {
+                return Ok(Err(id_unavailable()));
+            }
             let existing: Option<(String, String, i64, i64)> = tx
                 .query_row(
                     "SELECT thread_id, sender, seq, server_ts FROM messages WHERE id = ?1",
@@ -320,7 +339,7 @@ fn apply(tx: &Transaction<'_>, user: &UserId, body: &MutationBody, now: Millis) 
                 return Ok(if thread == thread_id.to_string() && sender == user.as_str() {
                     Ok((seq as u64, ts as u64))
                 } else {
-                    Err(Refusal::new("conflict", "a message with this id already exists"))
+                    Err(id_unavailable())
                 });
             }
             let seq = record_change(tx, &message_entity(*message_id), *thread_id, Some(*message_id), now)?;
@@ -374,8 +393,7 @@ fn apply(tx: &Transaction<'_>, user: &UserId, body: &MutationBody, now: Millis) 
         }
         MutationBody::Join { thread_id, .. } => {
             // The invite was checked by the HTTP layer (a precheck).
-            Ok(join_thread(tx, user, *thread_id, now)?
-                .ok_or_else(|| Refusal::new("invite_invalid", "the invite is not valid")))
+            join_thread(tx, user, *thread_id, now)
         }
     }
 }
@@ -410,28 +428,34 @@ fn own_message(
 }
 
 /// Adds `user` to an existing thread: `(seq, server_ts)` of the membership
-/// change, or of the thread's latest change if already a member.
-fn join_thread(
-    tx: &Transaction<'_>,
-    user: &UserId,
-    thread: ThreadId,
-    now: Millis,
-) -> Result<Option<(u64, Millis)>> {
+/// change, or of the thread's latest change if already a member; refused if
+/// the thread does not exist or is full.
+fn join_thread(tx: &Transaction<'_>, user: &UserId, thread: ThreadId, now: Millis) -> Result<Applied> {
     let exists = tx
         .query_row("SELECT 1 FROM threads WHERE id = ?1", [thread.to_string()], |_| Ok(()))
         .optional()?
         .is_some();
     if !exists {
-        return Ok(None);
+        return Ok(Err(Refusal::new("invite_invalid", "the invite is not valid")));
     }
     if is_member(tx, user, thread)? {
-        return Ok(Some(latest_change(tx, &thread_entity(thread))?));
+        return Ok(Ok(latest_change(tx, &thread_entity(thread))?));
+    }
+    let count: i64 =
+        tx.query_row("SELECT count(*) FROM members WHERE thread_id = ?1", [thread.to_string()], |r| {
+            r.get(0)
+        })?;
+    if count as usize >= dovecote::core::model::MAX_MEMBERS {
+        return Ok(Err(Refusal::new(
+            "thread_full",
+            format!("the thread has {count} members, the most there may be"),
+        )));
     }
     tx.execute(
         "INSERT INTO members (thread_id, user_id) VALUES (?1, ?2)",
         params![thread.to_string(), user.as_str()],
     )?;
-    Ok(Some((record_change(tx, &thread_entity(thread), thread, None, now)?, now)))
+    Ok(Ok((record_change(tx, &thread_entity(thread), thread, None, now)?, now)))
 }
 
 fn pokes_for(tx: &Transaction<'_>, touched: &BTreeMap<ThreadId, u64>) -> Result<Vec<Poke>> {
@@ -468,6 +492,15 @@ fn push_blocking(
             0
         }
     };
+    // The client pushes its outbox oldest first and drops what was answered,
+    // so a push starting at id L says it will never ask about an id below L
+    // again: those stored results can go (docs/protocol.md §4.2).
+    if let Some(first) = mutations.first() {
+        tx.execute(
+            "DELETE FROM mutation_results WHERE device_id = ?1 AND mutation_id < ?2",
+            params![&device_key, first.mutation_id as i64],
+        )?;
+    }
     let mut acks = Vec::new();
     let mut rejected = Vec::new();
     let mut touched: BTreeMap<ThreadId, u64> = BTreeMap::new();
@@ -579,46 +612,103 @@ fn load_message(tx: &Transaction<'_>, id: MessageId) -> Result<ServerMessage> {
     })?)
 }
 
+/// Rows of one thread's feed read per index probe in a main-feed pull, at
+/// first and on each refill.
+const FIRST_BATCH: i64 = 4;
+const FEED_BATCH: i64 = 64;
+
+/// A feed row: `(seq, thread_id, message_id)`.
+type FeedRow = (u64, String, Option<String>);
+
+/// Up to `n` feed rows of `thread` after `after`, by the `changes_by_thread` index.
+fn thread_feed(tx: &Transaction<'_>, thread: &str, after: u64, n: i64) -> Result<Vec<FeedRow>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT seq, thread_id, message_id FROM changes
+         WHERE thread_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![thread, after as i64, n], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The caller's main feed after `cursor`, at most `n` rows in seq order: a
+/// k-way merge of the feeds of the caller's threads, each read from its
+/// index in batches. The cost is one probe per thread of the caller plus
+/// the rows returned, whatever the size of the whole change table (a scan
+/// of the global feed filtered by membership costs the whole table for a
+/// user with few changes).
+fn main_feed(tx: &Transaction<'_>, user: &UserId, cursor: u64, n: usize) -> Result<Vec<FeedRow>> {
+    use std::cmp::Reverse;
+    use std::collections::{BinaryHeap, VecDeque};
+    let threads: Vec<String> = {
+        let mut stmt = tx.prepare_cached("SELECT thread_id FROM members WHERE user_id = ?1")?;
+        let rows = stmt.query_map([user.as_str()], |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    // A first probe reads a few rows per thread (a user in many threads must
+    // not read `FEED_BATCH` rows of each one per page); refills read more.
+    let first = FIRST_BATCH.min(n as i64).max(1);
+    let batch = FEED_BATCH.min(n as i64).max(1);
+    let mut buffers: Vec<(VecDeque<FeedRow>, bool)> = Vec::with_capacity(threads.len());
+    let mut heap = BinaryHeap::new();
+    for (i, thread) in threads.iter().enumerate() {
+        let rows = thread_feed(tx, thread, cursor, first)?;
+        let exhausted = (rows.len() as i64) < first;
+        if let Some(first) = rows.first() {
+            heap.push(Reverse((first.0, i)));
+        }
+        buffers.push((rows.into(), exhausted));
+    }
+    let mut out = Vec::with_capacity(n.min(1024));
+    while out.len() < n {
+        let Some(Reverse((_, i))) = heap.pop() else { break };
+        let (buffer, exhausted) = &mut buffers[i];
+        let row = buffer.pop_front().expect("a thread in the heap has a buffered row");
+        if buffer.is_empty() && !*exhausted {
+            let rows = thread_feed(tx, &threads[i], row.0, batch)?;
+            *exhausted = (rows.len() as i64) < batch;
+            buffer.extend(rows);
+        }
+        if let Some(next) = buffer.front() {
+            heap.push(Reverse((next.0, i)));
+        }
+        out.push(row);
+    }
+    Ok(out)
+}
+
+/// Bytes of a pull answer around its changes (`{"protocol":1,"changes":[...]...}`).
+const PAGE_OVERHEAD: usize = 128;
+
 fn pull_blocking(conn: &mut Connection, user: &UserId, q: PullQuery) -> Result<Option<PullResponse>> {
     // One read transaction: the page is one consistent snapshot.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-    let fetch = i64::from(q.limit) + 1; // one extra row tells has_more
-    let rows: Vec<(u64, String, Option<String>)> = {
-        let map = |r: &rusqlite::Row<'_>| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?));
-        match q.thread {
-            Some(thread) => {
-                if !is_member(&tx, user, thread)? {
-                    return Ok(None);
-                }
-                let mut stmt = tx.prepare_cached(
-                    "SELECT seq, thread_id, message_id FROM changes
-                     WHERE thread_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-                )?;
-                let rows = stmt.query_map(params![thread.to_string(), q.cursor as i64, fetch], map)?;
-                rows.collect::<rusqlite::Result<_>>()?
+    let fetch = q.limit as usize + 1; // one extra row tells has_more
+    let rows = match q.thread {
+        Some(thread) => {
+            if !is_member(&tx, user, thread)? {
+                return Ok(None);
             }
-            None => {
-                // Walk the feed in seq order and keep the caller's threads: the
-                // scan stops at `limit` rows, so a page never sorts the whole
-                // backlog (an IN-list over a thread index would).
-                let mut stmt = tx.prepare_cached(
-                    "SELECT c.seq, c.thread_id, c.message_id FROM changes c
-                     WHERE c.seq > ?2 AND EXISTS
-                       (SELECT 1 FROM members m WHERE m.thread_id = c.thread_id AND m.user_id = ?1)
-                     ORDER BY c.seq LIMIT ?3",
-                )?;
-                let rows = stmt.query_map(params![user.as_str(), q.cursor as i64, fetch], map)?;
-                rows.collect::<rusqlite::Result<_>>()?
-            }
+            thread_feed(&tx, &thread.to_string(), q.cursor, fetch as i64)?
         }
+        None => main_feed(&tx, user, q.cursor, fetch)?,
     };
-    let has_more = rows.len() > q.limit as usize;
+    let mut has_more = rows.len() > q.limit as usize;
     let mut changes = Vec::with_capacity(rows.len().min(q.limit as usize));
+    let mut bytes = PAGE_OVERHEAD;
     for (seq, thread, message) in rows.into_iter().take(q.limit as usize) {
         let change = match message {
             Some(message) => Change::Message { seq, message: load_message(&tx, parse_id(message)?)? },
             None => Change::Thread { seq, thread: load_thread(&tx, parse_id(thread)?)? },
         };
+        // Measured as sent (base64 envelopes and all), plus a comma.
+        let size = serde_json::to_vec(&change).map_or(0, |v| v.len()) + 1;
+        if !changes.is_empty() && bytes + size > q.max_bytes {
+            has_more = true; // the rest waits for the next page
+            break;
+        }
+        bytes += size;
         changes.push(change);
     }
     let cursor = changes.last().map_or(q.cursor, Change::seq);
@@ -649,15 +739,21 @@ impl Storage for SqliteStorage {
         self.with_reader(move |conn| is_member(conn, &user, thread)).await
     }
 
-    async fn join(&self, user: UserId, thread: ThreadId, now: Millis) -> Result<Option<Joined>> {
+    async fn join(
+        &self,
+        user: UserId,
+        thread: ThreadId,
+        now: Millis,
+    ) -> Result<std::result::Result<Joined, Refusal>> {
         self.with_writer(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let Some((seq, _)) = join_thread(&tx, &user, thread, now)? else {
-                return Ok(None);
+            let seq = match join_thread(&tx, &user, thread, now)? {
+                Ok((seq, _)) => seq,
+                Err(refusal) => return Ok(Err(refusal)),
             };
             let pokes = pokes_for(&tx, &BTreeMap::from([(thread, seq)]))?;
             tx.commit()?;
-            Ok(Some(Joined { seq, pokes }))
+            Ok(Ok(Joined { seq, pokes }))
         })
         .await
     }

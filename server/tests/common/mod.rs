@@ -227,6 +227,9 @@ impl TestServer {
         let mut config = Config::new(dir.path().join("test.db"), ([127, 0, 0, 1], 0).into());
         // Tests check logic, not power-loss durability; NORMAL is crash-safe.
         config.durability = Durability::Normal;
+        // Most tests sign in with the dev sign-in, many users from one IP.
+        config.dev_sign_in = true;
+        config.ip_rate_limit = 100_000;
         configure(&mut config);
         let storage = SqliteStorage::open(&config.db, config.durability).unwrap();
         let listener = tokio::net::TcpListener::bind(config.addr).await.unwrap();
@@ -281,7 +284,15 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
+    /// The binary with `--dev-sign-in` (loopback) and `extra` flags.
     pub fn start(db: &std::path::Path, extra: &[&str]) -> Self {
+        let mut args = vec!["--dev-sign-in", "--ip-rate-limit", "100000"];
+        args.extend_from_slice(extra);
+        Self::start_bare(db, &args)
+    }
+
+    /// The binary with only `--db`, `--addr 127.0.0.1:0` and `extra`.
+    pub fn start_bare(db: &std::path::Path, extra: &[&str]) -> Self {
         use std::io::{BufRead, BufReader, Read};
         use std::process::{Command, Stdio};
         let started = std::time::Instant::now();

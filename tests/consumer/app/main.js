@@ -9,7 +9,7 @@ const $ = (id) => document.getElementById(id);
 try {
   await init();
   const options = { dbName: params.get("db"), userId: params.get("user") };
-  if (params.has("server")) options.serverUrl = params.get("server");
+  if (params.has("server")) Object.assign(options, { serverUrl: params.get("server"), devSignIn: true });
   const client = await ChatClient.open(options);
   const thread = await client.createThread({ title: "From the npm package", members: ["bob"] });
   document.body.dataset.thread = thread.id;
