@@ -145,6 +145,9 @@ pub enum ClientEvent {
         /// Whether it leads now.
         leader: bool,
     },
+    /// The client stopped for good after an internal error (in the browser:
+    /// the wasm instance trapped); reload to go on.
+    Fatal,
 }
 
 /// An outbox row as a UI shows it.

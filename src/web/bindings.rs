@@ -8,13 +8,14 @@ use js_sys::{Function, Promise};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
-use wasm_bindgen_futures::{future_to_promise, spawn_local};
+use wasm_bindgen_futures::spawn_local;
 use zeroize::Zeroizing;
 
 use crate::core::model::{InvalidInput, MessageId, Millis, ThreadId, UserId};
 use crate::engine::{Client, ClientEvent, Error, SubscriptionId, DEFAULT_PAGE};
 use crate::ports::Transport as _;
 use crate::web::driver::{Session, SyncDriver};
+use crate::web::fatal::{self, guarded};
 use crate::web::http::ServerUrl;
 use crate::web::idb::IdbStore;
 use crate::web::kek::WebCryptoKek;
@@ -84,7 +85,13 @@ export type ClientEvent =
   | { type: "threads" }
   | { type: "conflict"; threadId: string; messageId: string; code: "deleted_remotely" }
   | { type: "version_change" }
-  | { type: "leader"; leader: boolean };
+  | { type: "leader"; leader: boolean }
+  /**
+   * The wasm instance trapped (an internal error): every pending and later
+   * call rejects with code `fatal`, nothing more is written, and this tab
+   * lets go of syncing. Reload the page: what was stored is all there.
+   */
+  | { type: "fatal" };
 
 /** A change waiting in the outbox (`outbox()`). */
 export interface OutboxEntry {
@@ -178,7 +185,8 @@ export type ErrorCode =
   | "invite_encoding" | "invite_truncated" | "invite_version" | "invite_malformed"
   | "wrong_passphrase" | "passphrase_required"
   | "not_sender" | "deleted" | "not_queued" | "in_flight" | "maybe_sent" | "not_failed"
-  | "network" | "timeout" | "unauthorized" | "forbidden" | "not_found" | "rate_limited" | "server_error";
+  | "network" | "timeout" | "unauthorized" | "forbidden" | "not_found" | "rate_limited" | "server_error"
+  | "fatal";
 
 /** Every error dovecote throws is an `Error` with `name` "DovecoteError" and a `code`. */
 export interface DovecoteError extends Error {
@@ -189,7 +197,7 @@ export interface DovecoteError extends Error {
 
 /// A JS `Error` with `name` "DovecoteError" and a stable `code`: the one
 /// shape of every error dovecote throws.
-fn dovecote_error(code: &str, message: &str) -> JsValue {
+pub(crate) fn dovecote_error(code: &str, message: &str) -> JsValue {
     let js = js_sys::Error::new(message);
     js.set_name("DovecoteError");
     let _ = js_sys::Reflect::set(&js, &"code".into(), &code.into());
@@ -320,14 +328,28 @@ impl Tabs {
         self.driver.borrow_mut().take();
         self.channel.borrow_mut().take();
     }
+
+    /// [`Tabs::stop`] for a trapped instance: a cell the trap left borrowed
+    /// is left as it is.
+    fn stop_after_trap(&self) {
+        let _ = self.election.try_borrow_mut().map(|mut e| e.take());
+        let _ = self.driver.try_borrow_mut().map(|mut d| d.take());
+        let _ = self.channel.try_borrow_mut().map(|mut c| c.take());
+    }
 }
 
 #[wasm_bindgen]
 impl ChatClient {
     /// Opens (creating on first use) the client's database.
-    pub async fn open(
-        #[wasm_bindgen(unchecked_param_type = "OpenOptions")] options: JsValue,
-    ) -> Result<ChatClient, JsValue> {
+    #[wasm_bindgen(unchecked_return_type = "Promise<ChatClient>")]
+    pub fn open(#[wasm_bindgen(unchecked_param_type = "OpenOptions")] options: JsValue) -> Promise {
+        fatal::install();
+        guarded(async move { Self::open_client(options).await.map(JsValue::from) })
+    }
+}
+
+impl ChatClient {
+    async fn open_client(options: JsValue) -> Result<ChatClient, JsValue> {
         // The passphrase is taken out before the rest is parsed as JSON: the
         // parser's scratch buffers are not wiped. Wiped when this function
         // returns, however it returns.
@@ -438,9 +460,24 @@ impl ChatClient {
                 client.emit(&ClientEvent::VersionChange);
             }
         });
+        // After a trap: let go of the leader lock (another tab takes over)
+        // and tell the UI. Nothing here may wait on what the trap left held.
+        let client = Rc::downgrade(&inner);
+        let stopped = Rc::downgrade(&tabs);
+        fatal::on_fatal(move || {
+            if let Some(tabs) = stopped.upgrade() {
+                tabs.stop_after_trap();
+            }
+            if let Some(client) = client.upgrade() {
+                client.emit(&ClientEvent::Fatal);
+            }
+        });
         Ok(ChatClient { inner, tabs })
     }
+}
 
+#[wasm_bindgen]
+impl ChatClient {
     /// The user this client acts for.
     #[wasm_bindgen(getter, js_name = userId)]
     pub fn user_id(&self) -> String {
@@ -460,7 +497,7 @@ impl ChatClient {
         #[wasm_bindgen(unchecked_param_type = "CreateThreadOptions")] options: JsValue,
     ) -> Promise {
         let inner = self.inner.clone();
-        future_to_promise(async move {
+        guarded(async move {
             let options: CreateThreadOptions = from_js(options, "thread options")?;
             let thread = inner.create_thread(&options.title, &options.members).await.map_err(js_error)?;
             to_js(&thread)
@@ -471,7 +508,7 @@ impl ChatClient {
     #[wasm_bindgen(unchecked_return_type = "Promise<Thread[]>")]
     pub fn threads(&self) -> Promise {
         let inner = self.inner.clone();
-        future_to_promise(async move { to_js(&inner.threads().await.map_err(js_error)?) })
+        guarded(async move { to_js(&inner.threads().await.map_err(js_error)?) })
     }
 
     /// Sends a message. Resolves once it is stored, as `pending`;
@@ -479,7 +516,7 @@ impl ChatClient {
     #[wasm_bindgen(unchecked_return_type = "Promise<Message>")]
     pub fn send(&self, #[wasm_bindgen(js_name = threadId)] thread_id: String, text: String) -> Promise {
         let inner = self.inner.clone();
-        future_to_promise(async move {
+        guarded(async move {
             let thread_id = parse_thread_id(&thread_id)?;
             to_js(&inner.send(thread_id, &text).await.map_err(js_error)?)
         })
@@ -493,7 +530,7 @@ impl ChatClient {
         #[wasm_bindgen(unchecked_param_type = "PageOptions | undefined")] options: JsValue,
     ) -> Promise {
         let inner = self.inner.clone();
-        future_to_promise(async move {
+        guarded(async move {
             let thread_id = parse_thread_id(&thread_id)?;
             let options: PageOptions = if options.is_undefined() || options.is_null() {
                 PageOptions::default()
@@ -520,7 +557,7 @@ impl ChatClient {
     #[wasm_bindgen(js_name = rotateThreadKey, unchecked_return_type = "Promise<void>")]
     pub fn rotate_thread_key(&self, #[wasm_bindgen(js_name = threadId)] thread_id: String) -> Promise {
         let inner = self.inner.clone();
-        future_to_promise(async move {
+        guarded(async move {
             let thread_id = parse_thread_id(&thread_id)?;
             inner.rotate_thread_key(thread_id).await.map_err(js_error)?;
             Ok(JsValue::UNDEFINED)
@@ -536,7 +573,7 @@ impl ChatClient {
         let inner = self.inner.clone();
         let driver = self.tabs.driver();
         let tabs = self.tabs.clone();
-        future_to_promise(async move {
+        guarded(async move {
             let thread_id = parse_thread_id(&thread_id)?;
             // With a server, the code also carries its invite token, which
             // lets the invitee join there. The thread must be on the server
@@ -563,7 +600,7 @@ impl ChatClient {
     #[wasm_bindgen(js_name = importThreadInvite, unchecked_return_type = "Promise<ImportedInvite>")]
     pub fn import_thread_invite(&self, code: String) -> Promise {
         let inner = self.inner.clone();
-        future_to_promise(async move {
+        guarded(async move {
             let code = Zeroizing::new(code);
             let thread_id = inner.import_thread_invite(&code).await.map_err(js_error)?;
             {
@@ -594,7 +631,7 @@ impl ChatClient {
     #[wasm_bindgen(unchecked_return_type = "Promise<Message>")]
     pub fn edit(&self, #[wasm_bindgen(js_name = messageId)] message_id: String, text: String) -> Promise {
         let inner = self.inner.clone();
-        future_to_promise(async move {
+        guarded(async move {
             let message_id = parse_message_id(&message_id)?;
             to_js(&inner.edit(message_id, &text).await.map_err(js_error)?)
         })
@@ -604,7 +641,7 @@ impl ChatClient {
     #[wasm_bindgen(unchecked_return_type = "Promise<Message>")]
     pub fn delete(&self, #[wasm_bindgen(js_name = messageId)] message_id: String) -> Promise {
         let inner = self.inner.clone();
-        future_to_promise(async move {
+        guarded(async move {
             let message_id = parse_message_id(&message_id)?;
             to_js(&inner.delete(message_id).await.map_err(js_error)?)
         })
@@ -614,7 +651,7 @@ impl ChatClient {
     #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
     pub fn retry(&self, #[wasm_bindgen(js_name = messageId)] message_id: String) -> Promise {
         let inner = self.inner.clone();
-        future_to_promise(async move {
+        guarded(async move {
             inner.retry(parse_message_id(&message_id)?).await.map_err(js_error)?;
             Ok(JsValue::UNDEFINED)
         })
@@ -624,7 +661,7 @@ impl ChatClient {
     #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
     pub fn cancel(&self, #[wasm_bindgen(js_name = messageId)] message_id: String) -> Promise {
         let inner = self.inner.clone();
-        future_to_promise(async move {
+        guarded(async move {
             inner.cancel(parse_message_id(&message_id)?).await.map_err(js_error)?;
             Ok(JsValue::UNDEFINED)
         })
@@ -634,7 +671,7 @@ impl ChatClient {
     #[wasm_bindgen(unchecked_return_type = "Promise<OutboxEntry[]>")]
     pub fn outbox(&self) -> Promise {
         let inner = self.inner.clone();
-        future_to_promise(async move { to_js(&inner.outbox().await.map_err(js_error)?) })
+        guarded(async move { to_js(&inner.outbox().await.map_err(js_error)?) })
     }
 
     /// Syncs now: pushes what is queued (also what waits out a backoff) and
@@ -647,7 +684,7 @@ impl ChatClient {
         if driver.as_ref().is_some_and(|d| !d.is_leader()) {
             self.tabs.post(&TabMessage::Wake);
         }
-        future_to_promise(async move {
+        guarded(async move {
             if let Some(driver) = driver {
                 driver.sync_now().await.map_err(js_error)?;
             }

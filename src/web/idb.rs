@@ -327,6 +327,10 @@ impl IdbStore {
 
 impl Store for IdbStore {
     async fn write(&self, writes: Vec<Write>) -> StoreResult<Vec<u64>> {
+        // After a trap, whatever decided this write may have stopped halfway.
+        if crate::web::fatal::is_fatal() {
+            return Err(StoreError::Other("the client stopped after a fatal error".into()));
+        }
         enum Op {
             Put(&'static str, JsValue),
             Add(JsValue),

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod bindings;
 pub mod driver;
+pub mod fatal;
 pub mod http;
 pub mod idb;
 pub mod kek;

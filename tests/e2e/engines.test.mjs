@@ -47,7 +47,7 @@ function loaded(tab) {
 function openClient(tab, user, url) {
   return tab.evaluate(
     async ({ user, url }) => {
-      window.client = await window.dovecote.ChatClient.open({ dbName: `e2e-${user}`, userId: user, serverUrl: url });
+      window.client = await window.dovecote.ChatClient.open({ dbName: `e2e-${user}`, userId: user, serverUrl: url, devSignIn: true });
       window.leaderEvents = [];
       window.client.onEvent((e) => e.type === "leader" && window.leaderEvents.push(e.leader));
       return window.client.deviceId;
@@ -233,5 +233,60 @@ test("the demo's main screen: sign in, a thread, a message sent", TIMEOUT, async
   } finally {
     await profile.close();
     await server.currentStop();
+  }
+});
+
+test("a trap rejects pending calls with `fatal` within a second; a reload finds every message whose send resolved", TIMEOUT, async () => {
+  const profile = await browser.profile();
+  try {
+    const tab = await profile.tab(`${pages.url}/tests/e2e/sdk.html?pkg=/target/pkg-trap`);
+    await loaded(tab);
+    const outcome = await tab.evaluate(async () => {
+      const { ChatClient, forceTrap } = window.dovecote;
+      const client = await ChatClient.open({ dbName: "e2e-trap", userId: "alice" });
+      const events = [];
+      client.onEvent((e) => events.push(e.type));
+      const thread = await client.createThread({ title: "Trap" });
+      const resolved = [];
+      for (let n = 0; n < 20; n++) resolved.push((await client.send(thread.id, `kept ${n}`)).body);
+      // Five sends in flight, then a trap in a task of its own.
+      const pending = [...Array(5).keys()].map((n) => client.send(thread.id, `in flight ${n}`));
+      const trappedAt = performance.now();
+      forceTrap();
+      const settled = await Promise.all(
+        pending.map((p) =>
+          p.then(
+            (m) => ({ resolved: m.body }),
+            (e) => ({ code: e.code, name: e.name, afterMs: performance.now() - trappedAt }),
+          ),
+        ),
+      );
+      const later = await client.threads().then(
+        () => "resolved",
+        (e) => e.code,
+      );
+      return { threadId: thread.id, resolved, settled, later, events };
+    });
+    const rejected = outcome.settled.filter((s) => s.code);
+    assert.ok(rejected.length > 0, `in-flight sends rejected: ${JSON.stringify(outcome.settled)}`);
+    for (const r of rejected) {
+      assert.equal(r.code, "fatal");
+      assert.equal(r.name, "DovecoteError");
+      assert.ok(r.afterMs < 1000, `rejected ${r.afterMs} ms after the trap`);
+    }
+    assert.equal(outcome.later, "fatal", "a later call rejects with fatal");
+    assert.ok(outcome.events.includes("fatal"), `a fatal event: ${outcome.events}`);
+    for (const s of outcome.settled.filter((s) => s.resolved)) outcome.resolved.push(s.resolved);
+
+    await tab.reload();
+    await loaded(tab);
+    const after = await tab.evaluate(async (threadId) => {
+      const client = await window.dovecote.ChatClient.open({ dbName: "e2e-trap", userId: "alice" });
+      return (await client.messages(threadId, { limit: 100 })).map((m) => m.body);
+    }, outcome.threadId);
+    for (const body of outcome.resolved) assert.ok(after.includes(body), `"${body}" is there after the reload`);
+    assert.equal(new Set(after).size, after.length, "nothing twice");
+  } finally {
+    await profile.close();
   }
 });

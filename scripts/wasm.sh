@@ -1,0 +1,62 @@
+# Sourced by scripts/build, scripts/bench and scripts/test: the one place
+# that says how dovecote is compiled to wasm.
+#
+# Target features: wasm without reference types and multi-value. WPE WebKit
+# 2.38 (about Safari 16's engine) miscompiles both in its baseline compiler
+# (BBQ): with reference types, "Out of bounds table access" traps reading
+# wasm-bindgen's table of JS values; with multi-value, corrupted values
+# (misaligned pointers, RefCells "already borrowed"). Without them it passes
+# everything; one build serves every engine, as it costs nothing measurable
+# (wasm+glue gzip 197.7 -> 196.7 KiB). std is rebuilt with the same features
+# (-Zbuild-std): the prebuilt one has them on. Both flags are unstable;
+# RUSTC_BOOTSTRAP enables them on the stable toolchain for these builds only.
+WASM_FEATURES="-Ctarget-feature=-reference-types,-multivalue"
+BUILD_STD=(-Z build-std=std,panic_abort)
+
+# wasm_pack_build OUT_DIR [wasm-pack build options]: a release build. A
+# panic traps at once instead of formatting a message nobody sees
+# (wasm32-unknown-unknown has no stderr; panic=abort already ends the
+# program). RUSTFLAGS reach only the wasm32 target (wasm-pack passes
+# --target), not build scripts.
+wasm_pack_build() {
+  local out=$1
+  shift
+  RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zunstable-options -Cpanic=immediate-abort $WASM_FEATURES" \
+    wasm-pack build --release --target web --out-dir "$out" --no-pack . -- "${BUILD_STD[@]}" "$@" >&2
+}
+
+# wasm_pack_test_build OUT_DIR [wasm-pack build options]: a debug build on
+# the test suites' compiled dependencies (same profile and flags), e.g. with
+# the trap hook for tests/e2e/engines.test.mjs.
+wasm_pack_test_build() {
+  local out=$1
+  shift
+  RUSTC_BOOTSTRAP=1 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$WASM_FEATURES" \
+    wasm-pack build --dev --target web --out-dir "$out" --no-pack . -- "${BUILD_STD[@]}" "$@" >&2
+}
+
+# wasm_test [cargo test options]: the browser test suites (tests/web_*.rs)
+# in the engine the driver variables name (see browser_env), compiled once
+# for every engine: same features, same target directory.
+wasm_test() {
+  RUSTC_BOOTSTRAP=1 CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$WASM_FEATURES" \
+    CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+    cargo test --target wasm32-unknown-unknown "${BUILD_STD[@]}" "$@"
+}
+
+# in_engine ENGINE COMMAND...: runs COMMAND with the WebDriver set-up of
+# ENGINE (chromium, firefox, webkitgtk, wpe) for wasm-bindgen-test-runner
+# and for tests/e2e/engines.mjs (DOVECOTE_ENGINE).
+in_engine() {
+  local engine=$1
+  shift
+  case $engine in
+    chromium) DOVECOTE_ENGINE=chromium CHROMEDRIVER=/usr/bin/chromedriver "$@" ;;
+    firefox) DOVECOTE_ENGINE=firefox GECKODRIVER="$HOME/.cargo/bin/geckodriver" "$@" ;;
+    # MiniBrowser (WebKitGTK) has no headless mode: a virtual X server.
+    webkitgtk) DOVECOTE_ENGINE=webkitgtk SAFARIDRIVER=/usr/bin/WebKitWebDriver xvfb-run -a "$@" ;;
+    wpe) DOVECOTE_ENGINE=wpe SAFARIDRIVER=/usr/bin/WPEWebDriver PATH="$PWD/scripts/wpe:$PATH" "$@" ;;
+    *) echo "unknown engine $engine" >&2; return 2 ;;
+  esac
+}
+ENGINES=(chromium firefox webkitgtk wpe)
