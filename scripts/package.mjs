@@ -1,5 +1,8 @@
-// Turns wasm-pack's output in pkg/ into the npm package `dovecote`: writes
-// pkg/package.json and copies the README (and licence files, if any).
+// Turns wasm-pack's output in pkg/ into the npm package `dovecote`: adds the
+// hand-written JS of js/ (the `DovecoteError` class, re-exported from the
+// glue, and the `dovecote/react` hooks), writes pkg/package.json, and copies
+// the README (its relative links made absolute, for the npm site) and the
+// licence files.
 //
 // The root package.json is the private development project (scripts, test
 // tools); pkg/ is what gets published (`npm publish pkg` or `npm pack pkg`).
@@ -28,18 +31,47 @@ for (const file of built) {
 // wasm-bindgen puts `inline_js` and JS snippets there; today there are none.
 const snippets = existsSync(join(out, "snippets"));
 
-const docs = ["README.md"];
-for (const name of readdirSync(root)) {
-  if (/^(LICEN[CS]E|COPYING)/i.test(name)) docs.push(name);
+// Hand-written modules, shipped as they are (no build step).
+const handWritten = ["error.js", "error.d.ts", "react.js", "react.d.ts"];
+for (const file of handWritten) copyFileSync(join(root, "js", file), join(out, file));
+// `DovecoteError` and `isDovecoteError` from the main entry point: appended
+// to the generated glue and its types (once: this script may run again on
+// the same pkg/).
+const reexport = 'export { DovecoteError, isDovecoteError } from "./error.js";\n';
+for (const file of ["dovecote.js", "dovecote.d.ts"]) {
+  const text = readFileSync(join(out, file), "utf8");
+  if (!text.includes(reexport)) writeFileSync(join(out, file), `${text.trimEnd()}\n\n${reexport}`);
 }
-for (const file of docs) copyFileSync(join(root, file), join(out, file));
+
+// The repository's web address, from Cargo.toml (one source): the packaged
+// README's relative links point there, since the npm site cannot follow them.
+const repository = /\[package\][^[]*?\nrepository\s*=\s*"([^"]+)"/.exec(cargo)?.[1];
+if (!repository) throw new Error("no [package] repository in Cargo.toml");
+const blob = `${repository.replace(/\/$/, "")}/blob/main/`;
+const raw = `${repository.replace(/\/$/, "")}/raw/main/`;
+/** `text` with every relative Markdown link and image made absolute. */
+function absoluteLinks(text) {
+  return text.replace(/(!?)\[([^\]]*)\]\((?![a-z][a-z0-9+.-]*:|#)([^)\s]+)\)/gi, (_, bang, label, path) => {
+    const target = path.replace(/^\.\//, "");
+    return `${bang}[${label}](${bang ? raw : blob}${target})`;
+  });
+}
+
+const licences = readdirSync(root).filter((name) => /^(LICEN[CS]E|COPYING)/i.test(name)).sort();
+if (licences.length === 0) throw new Error("no LICENSE files in the repository root");
+for (const file of licences) copyFileSync(join(root, file), join(out, file));
+writeFileSync(join(out, "README.md"), absoluteLinks(readFileSync(join(root, "README.md"), "utf8")));
+const docs = ["README.md", ...licences];
 
 const manifest = {
   name: "dovecote",
   version,
   description: dev.description,
   license: dev.license,
-  keywords: ["chat", "local-first", "end-to-end encryption", "indexeddb", "webassembly", "sync"],
+  keywords: dev.keywords,
+  repository: { type: "git", url: `git+${repository.replace(/\/$/, "")}.git` },
+  homepage: `${repository.replace(/\/$/, "")}#readme`,
+  bugs: { url: `${repository.replace(/\/$/, "")}/issues` },
   type: "module",
   // For tools that predate `exports`.
   main: "./dovecote.js",
@@ -47,11 +79,20 @@ const manifest = {
   types: "./dovecote.d.ts",
   exports: {
     ".": { types: "./dovecote.d.ts", default: "./dovecote.js" },
+    // React hooks; only this subpath imports React.
+    "./react": { types: "./react.d.ts", default: "./react.js" },
     // So that bundlers can hand out the wasm file's URL: `dovecote/dovecote_bg.wasm?url` in Vite.
     "./dovecote_bg.wasm": { types: "./dovecote_bg.wasm.d.ts", default: "./dovecote_bg.wasm" },
     "./package.json": "./package.json",
   },
-  files: [...built, ...(snippets ? ["snippets/"] : []), ...docs],
+  files: [...built, ...handWritten, ...(snippets ? ["snippets/"] : []), ...docs],
+  // No `engines`: the package runs in browsers, not in Node, and `engines`
+  // only speaks of Node and npm (with engine-strict it would refuse
+  // installs for no reason). The development project's `engines` is for
+  // its tools (Vite 8 needs Node ^20.19 or >= 22.12).
+  // React only for `dovecote/react`: optional, and 18 for useSyncExternalStore.
+  peerDependencies: { react: ">=18" },
+  peerDependenciesMeta: { react: { optional: true } },
   // Importing the glue only defines things; snippets may run code when loaded.
   sideEffects: snippets ? ["./snippets/*"] : false,
 };

@@ -9,7 +9,7 @@ mod mutations;
 mod sync;
 mod views;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, ERROR_CODES, ERROR_CODES_TS};
 pub use sync::RoundReport;
 pub use views::ErrorInfo;
 pub use views::{ClientEvent, Message, OutboxEntry, SyncState, Thread, ThreadChange};
@@ -545,6 +545,9 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
     }
 
     fn changed(&self, changes: LocalChanges) {
+        if changes.outbox {
+            self.emit(&ClientEvent::Outbox);
+        }
         let sink = self.change_sink.borrow().clone();
         if let Some(sink) = sink {
             sink(&changes);
@@ -568,6 +571,9 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         self.announce_here(&applied);
         if changes.threads {
             self.emit(&ClientEvent::Threads);
+        }
+        if changes.outbox {
+            self.emit(&ClientEvent::Outbox);
         }
         Ok(())
     }
