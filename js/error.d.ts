@@ -6,10 +6,10 @@ import type { DovecoteErrorCode } from "./dovecote.js";
  * dovecote's errors by that shape, so it also holds across two copies of
  * the package and for errors that crossed a `postMessage`.
  */
-export declare class DovecoteError<C extends DovecoteErrorCode = DovecoteErrorCode> extends Error {
-  constructor(code: C, message: string, options?: { cause?: unknown });
+export declare class DovecoteError extends Error {
+  constructor(code: DovecoteErrorCode, message: string, options?: { cause?: unknown });
   readonly name: "DovecoteError";
-  readonly code: C;
+  readonly code: DovecoteErrorCode;
 }
 
 /**
@@ -19,4 +19,4 @@ export declare class DovecoteError<C extends DovecoteErrorCode = DovecoteErrorCo
 export declare function isDovecoteError<C extends DovecoteErrorCode = DovecoteErrorCode>(
   value: unknown,
   ...codes: C[]
-): value is DovecoteError<C>;
+): value is DovecoteError & { readonly code: C };

@@ -42,6 +42,12 @@ for (const file of ["dovecote.js", "dovecote.d.ts"]) {
   const text = readFileSync(join(out, file), "utf8");
   if (!text.includes(reexport)) writeFileSync(join(out, file), `${text.trimEnd()}\n\n${reexport}`);
 }
+// The generated class has `[Symbol.dispose]()`: without this reference a
+// strict consumer whose `lib` lacks esnext.disposable (TypeScript's default
+// for es2022) fails to compile our types unless it skips lib checks.
+const disposable = '/// <reference lib="esnext.disposable" />\n';
+const types = readFileSync(join(out, "dovecote.d.ts"), "utf8");
+if (!types.startsWith(disposable)) writeFileSync(join(out, "dovecote.d.ts"), disposable + types);
 
 // The repository's web address, from Cargo.toml (one source): the packaged
 // README's relative links point there, since the npm site cannot follow them.

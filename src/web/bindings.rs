@@ -432,7 +432,8 @@ impl ChatClient {
     pub fn messages(
         &self,
         #[wasm_bindgen(js_name = threadId)] thread_id: String,
-        #[wasm_bindgen(unchecked_param_type = "PageOptions | undefined")] options: JsValue,
+        // `options?:` in the types, as documented.
+        #[wasm_bindgen(unchecked_optional_param_type = "PageOptions")] options: JsValue,
     ) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
