@@ -47,6 +47,12 @@ function describe(error) {
   return isDovecoteError(error) ? `${error.code}: ${error.message}` : String(error);
 }
 
+/** A transient failure is still queued and retried by the outbox: to the user it is pending. */
+function describeStatus(status) {
+  if (status.state !== "failed") return status.state;
+  return status.recoverable ? `pending, will retry (${status.code})` : `failed: ${status.code}`;
+}
+
 export function App({ user, serverUrl, pageSize }) {
   const { client, error } = useClient(user, serverUrl);
   const [threadId, setThreadId] = useState(null);
@@ -139,9 +145,15 @@ const Messages = memo(function Messages({ client, threadId, pageSize }) {
       ) : null}
       {error ? <li className="error">{describe(error)}</li> : null}
       {messages.map((m) => (
-        <li key={m.id} className="message" data-id={m.id} data-status={m.status.state}>
+        <li
+          key={m.id}
+          className="message"
+          data-id={m.id}
+          data-status={m.status.state}
+          data-recoverable={m.status.state === "failed" ? String(m.status.recoverable) : undefined}
+        >
           <b>{m.sender}</b> <span className="body">{m.deleted ? "(deleted)" : m.body ?? `(${m.undecryptable})`}</span>
-          <span className="status">{m.status.state === "failed" ? `failed: ${m.status.code}` : m.status.state}</span>
+          <span className="status">{describeStatus(m.status)}</span>
         </li>
       ))}
     </ol>
