@@ -3,14 +3,15 @@
 // served from its own origin, rendered in headless Chromium against the
 // real server. Sends a message and watches it go pending -> sent, pages back
 // with loadOlder, goes offline and back, and checks that components do not
-// re-render when a sync round changes nothing. Run `scripts/build` first.
+// re-render when a sync round changes nothing; then the same app in Vite's
+// dev server, as `npm run example:react` serves it. Run `scripts/build` first.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:http";
 import { tmpdir } from "node:os";
 import { extname, join, normalize } from "node:path";
-import { build } from "vite";
+import { build, createServer as createViteServer } from "vite";
 import { startServer, launchBrowser, serverMessages } from "./harness.mjs";
 
 const root = new URL("../../", import.meta.url).pathname;
@@ -201,6 +202,38 @@ test("a sync round that changes nothing re-renders neither the message list nor 
   assert.equal(after.rendersMessages, before.rendersMessages, "Messages re-rendered");
   assert.equal(after.rendersOutbox, before.rendersOutbox, "Outbox re-rendered");
   assert.deepEqual(problems, []);
+});
+
+test("in Vite's dev server (what npm run example:react serves, StrictMode on) a message goes out without errors", async () => {
+  const vite = await createViteServer({
+    configFile: join(root, "examples/react/vite.config.js"),
+    logLevel: "error",
+    server: { host: "127.0.0.1", port: 0 },
+  });
+  await vite.listen();
+  const devContext = await browser.newContext();
+  try {
+    const dev = await devContext.newPage();
+    const devProblems = [];
+    dev.on("pageerror", (e) => devProblems.push(e.message));
+    dev.on("console", (m) => m.type() === "error" && devProblems.push(m.text()));
+    await dev.goto(`${vite.resolvedUrls.local[0]}?user=dora&server=${encodeURIComponent(server.url)}`);
+    await dev.click("#new-thread", { timeout: 30_000 });
+    await dev.fill("#text", "from the dev server");
+    await dev.press("#text", "Enter");
+    await dev.waitForFunction(() => document.querySelector("#messages li.message")?.dataset.status === "sent", null, {
+      timeout: 20_000,
+    });
+    assert.deepEqual(
+      (await serverMessages(server.url, "dora")).map((m) => m.sender),
+      ["dora"],
+      "the server holds it",
+    );
+    assert.deepEqual(devProblems, []);
+  } finally {
+    await devContext.close();
+    await vite.close();
+  }
 });
 
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm", ".css": "text/css" };

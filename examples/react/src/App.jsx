@@ -4,29 +4,51 @@ import { memo, useEffect, useRef, useState } from "react";
 import { ChatClient, isDovecoteError } from "dovecote";
 import { useMessages, useOutbox, useSyncStatus, useThreads } from "dovecote/react";
 
+/**
+ * When the last client of each database closes: the next open waits for it.
+ * Under StrictMode (dev) React mounts, unmounts and mounts again at once;
+ * this way the database is opened once, not twice at the same time.
+ */
+const lastClose = new Map();
+
 /** Opens the user's client (once per user), closes it on unmount. */
 function useClient(user, serverUrl) {
   const [client, setClient] = useState(null);
   const [error, setError] = useState(null);
   useEffect(() => {
     if (!user) return undefined;
+    const dbName = `dovecote-react-${user}`;
+    const previous = lastClose.get(dbName) ?? Promise.resolve();
+    let release;
+    lastClose.set(dbName, new Promise((resolve) => (release = resolve)));
     let opened = null;
     let cancelled = false;
-    ChatClient.open({
-      dbName: `dovecote-react-${user}`,
-      userId: user,
-      ...(serverUrl ? { serverUrl } : {}),
-      // With a production server, pass `token` from your identity provider.
-    }).then(
-      (c) => {
-        if (cancelled) c.close();
-        else setClient((opened = c));
-      },
-      (e) => !cancelled && setError(e),
-    );
+    previous.then(async () => {
+      if (cancelled) return release();
+      try {
+        const c = await ChatClient.open({
+          dbName,
+          userId: user,
+          ...(serverUrl ? { serverUrl } : {}),
+          // With a production server, pass `token` from your identity provider.
+        });
+        if (cancelled) {
+          c.close();
+          release();
+        } else {
+          setClient((opened = c));
+        }
+      } catch (e) {
+        release();
+        if (!cancelled) setError(e);
+      }
+    });
     return () => {
       cancelled = true;
-      opened?.close();
+      if (opened) {
+        opened.close();
+        release();
+      }
       setClient(null);
     };
   }, [user, serverUrl]);
