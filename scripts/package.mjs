@@ -53,6 +53,9 @@ if (!types.startsWith(disposable)) writeFileSync(join(out, "dovecote.d.ts"), dis
 // README's relative links point there, since the npm site cannot follow them.
 const repository = /\[package\][^[]*?\nrepository\s*=\s*"([^"]+)"/.exec(cargo)?.[1];
 if (!repository) throw new Error("no [package] repository in Cargo.toml");
+if (dev.repository?.url !== `git+${repository.replace(/\/$/, "")}.git`) {
+  throw new Error(`package.json repository ${dev.repository?.url} differs from Cargo.toml ${repository}: make them agree`);
+}
 const blob = `${repository.replace(/\/$/, "")}/blob/main/`;
 const raw = `${repository.replace(/\/$/, "")}/raw/main/`;
 /** `text` with every relative Markdown link and image made absolute. */
