@@ -272,8 +272,9 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         // Only a stored key joins the ring: a failed write leaves no trace.
         self.keys.borrow_mut().insert(thread_id, key, 1, true)?;
         self.key_records.borrow_mut().insert(key_record.key_id, key_record);
-        self.changed(LocalChanges { threads: true, keys: true, outbox: true, ..LocalChanges::default() });
+        // The thread first, then what is queued for it (the `outbox` event).
         self.emit(&ClientEvent::Threads);
+        self.changed(LocalChanges { threads: true, keys: true, outbox: true, ..LocalChanges::default() });
         Ok(self.thread_view(&record))
     }
 
