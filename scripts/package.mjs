@@ -1,6 +1,6 @@
 // Turns wasm-pack's output in pkg/ into the npm package `dovecote`: adds the
-// hand-written JS of js/ (the `DovecoteError` class, re-exported from the
-// glue, and the `dovecote/react` hooks), writes pkg/package.json, and copies
+// hand-written JS of js/ (the `DovecoteError` class, appended to the glue,
+// and the `dovecote/react` hooks), writes pkg/package.json, and copies
 // the README (its relative links made absolute, for the npm site) and the
 // licence files.
 //
@@ -31,16 +31,31 @@ for (const file of built) {
 // wasm-bindgen puts `inline_js` and JS snippets there; today there are none.
 const snippets = existsSync(join(out, "snippets"));
 
-// Hand-written modules, shipped as they are (no build step).
-const handWritten = ["error.js", "error.d.ts", "react.js", "react.d.ts"];
+// Hand-written modules. The hooks ship as they are (no build step), as the
+// `dovecote/react` subpath. `DovecoteError` and `isDovecoteError` are
+// appended to the generated glue and its types, so that the main entry
+// exports them without a second module to fetch (or for a service worker
+// to cache) before `init()`. Once: this script may run again on one pkg/.
+const handWritten = ["react.js", "react.d.ts"];
 for (const file of handWritten) copyFileSync(join(root, "js", file), join(out, file));
-// `DovecoteError` and `isDovecoteError` from the main entry point: appended
-// to the generated glue and its types (once: this script may run again on
-// the same pkg/).
-const reexport = 'export { DovecoteError, isDovecoteError } from "./error.js";\n';
-for (const file of ["dovecote.js", "dovecote.d.ts"]) {
+const BEGIN = "// ---- js/error.js, appended by scripts/package.mjs ----\n";
+const appended = [
+  // Without its comments (they would count in the size budget); the
+  // types below carry the documentation.
+  [
+    "dovecote.js",
+    readFileSync(join(root, "js/error.js"), "utf8")
+      .replace(/^\s*\/\*\*[\s\S]*?\*\/\n/gm, "")
+      .replace(/^\s*\/\/.*\n/gm, "")
+      .replace(/\n{3,}/g, "\n\n"),
+  ],
+  // Its types without their import: DovecoteErrorCode is in this file.
+  ["dovecote.d.ts", readFileSync(join(root, "js/error.d.ts"), "utf8").replace(/^import type .*\n+/m, "")],
+];
+for (const [file, addition] of appended) {
   const text = readFileSync(join(out, file), "utf8");
-  if (!text.includes(reexport)) writeFileSync(join(out, file), `${text.trimEnd()}\n\n${reexport}`);
+  const generated = text.includes(BEGIN) ? text.slice(0, text.indexOf(BEGIN)) : text;
+  writeFileSync(join(out, file), `${generated.trimEnd()}\n\n${BEGIN}${addition}`);
 }
 // The generated class has `[Symbol.dispose]()`: without this reference a
 // strict consumer whose `lib` lacks esnext.disposable (TypeScript's default

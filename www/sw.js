@@ -3,8 +3,7 @@
 // files as they are now, the cache only answers when the server cannot be
 // reached. Sync requests (/v1/) never pass through here.
 const CACHE = "dovecote-demo-shell";
-// dovecote.js imports error.js (the DovecoteError class) from beside it.
-const SHELL = ["./", "app.js", "style.css", "/pkg/dovecote.js", "/pkg/error.js", "/pkg/dovecote_bg.wasm"];
+const SHELL = ["./", "app.js", "style.css", "/pkg/dovecote.js", "/pkg/dovecote_bg.wasm"];
 
 self.addEventListener("install", (event) => {
   event.waitUntil(caches.open(CACHE).then((cache) => cache.addAll(SHELL)).then(() => self.skipWaiting()));

@@ -15,9 +15,9 @@ import { startServer, launchBrowser } from "../e2e/harness.mjs";
 const root = new URL("../../", import.meta.url).pathname;
 const fixture = new URL("./app/", import.meta.url).pathname;
 
-// Exactly what a user gets: the glue, its types, the wasm and its types,
-// the error class and the React hooks (plain JS and types), the README, the
-// licences and the manifest. Nothing from src/, tests or the dev project.
+// Exactly what a user gets: the glue (with the DovecoteError class), its
+// types, the wasm and its types, the React hooks (plain JS and types), the
+// README, the licences and the manifest. Nothing from src/, tests or the dev project.
 const EXPECTED_FILES = [
   "LICENSE-APACHE",
   "LICENSE-MIT",
@@ -26,8 +26,6 @@ const EXPECTED_FILES = [
   "dovecote.js",
   "dovecote_bg.wasm",
   "dovecote_bg.wasm.d.ts",
-  "error.d.ts",
-  "error.js",
   "package.json",
   "react.d.ts",
   "react.js",
