@@ -215,6 +215,44 @@ mod tests {
             Error::PassphraseRefused("x"),
         ];
         errors.extend(key_errors.into_iter().map(Error::Key));
+        // No wildcard: a new variant fails to compile here until it is
+        // added to the list above (and its code to ERROR_CODES).
+        let covered = |e: &Error| match e {
+            Error::InvalidInput(_)
+            | Error::NotFound { .. }
+            | Error::Closed
+            | Error::WrongUser { .. }
+            | Error::Store(
+                StoreError::Open(_)
+                | StoreError::Quota(_)
+                | StoreError::VersionChange
+                | StoreError::Corrupt { .. }
+                | StoreError::Conflict
+                | StoreError::Other(_),
+            )
+            | Error::Key(
+                KeyError::Random(_)
+                | KeyError::InvalidKeyId
+                | KeyError::InviteEncoding
+                | KeyError::InviteTruncated
+                | KeyError::InviteVersion(_)
+                | KeyError::InviteMalformed(_)
+                | KeyError::WrappedTruncated
+                | KeyError::WrappedVersion(_)
+                | KeyError::UnwrapFailed
+                | KeyError::KeyIdConflict(_),
+            )
+            | Error::Seal(_)
+            | Error::WrongPassphrase
+            | Error::PassphraseRequired
+            | Error::NotSender
+            | Error::Deleted
+            | Error::Refused(
+                Refusal::NotQueued | Refusal::InFlight | Refusal::MaybeSent | Refusal::NotFailed,
+            )
+            | Error::PassphraseRefused(_) => true,
+        };
+        assert!(errors.iter().all(covered));
         for error in &errors {
             assert!(
                 listed(error.code()),
