@@ -9,7 +9,7 @@ mod mutations;
 mod sync;
 mod views;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, ERROR_CODES, ERROR_CODES_TS};
 pub use sync::RoundReport;
 pub use views::ErrorInfo;
 pub use views::{ClientEvent, Message, OutboxEntry, SyncState, Thread, ThreadChange};
@@ -276,8 +276,9 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         // Only a stored key joins the ring: a failed write leaves no trace.
         self.keys.borrow_mut().insert(thread_id, key, 1, true)?;
         self.key_records.borrow_mut().insert(key_record.key_id, key_record);
-        self.changed(LocalChanges { threads: true, keys: true, outbox: true, ..LocalChanges::default() });
+        // The thread first, then what is queued for it (the `outbox` event).
         self.emit(&ClientEvent::Threads);
+        self.changed(LocalChanges { threads: true, keys: true, outbox: true, ..LocalChanges::default() });
         Ok(self.thread_view(&record))
     }
 
@@ -549,6 +550,9 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
     }
 
     fn changed(&self, changes: LocalChanges) {
+        if changes.outbox {
+            self.emit(&ClientEvent::Outbox);
+        }
         let sink = self.change_sink.borrow().clone();
         if let Some(sink) = sink {
             sink(&changes);
@@ -572,6 +576,9 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         self.announce_here(&applied);
         if changes.threads {
             self.emit(&ClientEvent::Threads);
+        }
+        if changes.outbox {
+            self.emit(&ClientEvent::Outbox);
         }
         Ok(())
     }

@@ -128,6 +128,10 @@ pub enum ClientEvent {
     },
     /// Threads were added or changed (created, joined, members changed).
     Threads,
+    /// A local write (here or in another tab) queued, rewrote or withdrew a
+    /// change in the outbox: read `outbox()` again. Status changes of queued
+    /// changes come as `Status` events.
+    Outbox,
     /// A local change lost to a remote one: a pending edit of a message that
     /// was deleted meanwhile (`deleted_remotely`). The message shows deleted.
     Conflict {

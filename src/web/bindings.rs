@@ -80,9 +80,11 @@ export type SyncState = "online" | "offline" | "syncing" | "idle" | "error";
 
 /** A client-wide event (`onEvent`). */
 export type ClientEvent =
-  | { type: "sync"; state: SyncState; error: { code: string; message: string } | null }
+  | { type: "sync"; state: SyncState; error: { code: DovecoteErrorCode; message: string } | null }
   | { type: "status"; message: Message }
   | { type: "threads" }
+  /** The outbox may have changed (a local write here or in another tab): read `outbox()` again. */
+  | { type: "outbox" }
   | { type: "conflict"; threadId: string; messageId: string; code: "deleted_remotely" }
   | { type: "version_change" }
   | { type: "leader"; leader: boolean }
@@ -105,7 +107,7 @@ export interface OutboxEntry {
   /** Not sent before this time (ms since epoch). */
   nextAttemptAt: number;
   /** Why it failed, or why its last push failed while it waits to retry. */
-  error: { code: string; message: string } | null;
+  error: { code: DovecoteErrorCode; message: string } | null;
   createdAt: number;
 }
 
@@ -136,7 +138,7 @@ export type MessageStatus =
   | { state: "pending" }
   | { state: "sending" }
   | { state: "sent" }
-  | { state: "failed"; code: string; message: string; recoverable: boolean }
+  | { state: "failed"; code: DovecoteErrorCode; message: string; recoverable: boolean }
   | { state: "cancelled" };
 
 /** A message, decrypted. */
@@ -175,25 +177,13 @@ export interface ThreadChange {
   threadId: string;
   messages: Message[];
 }
-
-/** Stable codes on errors thrown by dovecote. */
-export type ErrorCode =
-  | "invalid_input" | "not_found" | "closed" | "wrong_user" | "storage"
-  | "storage_unavailable" | "quota_exceeded" | "version_change" | "crypto"
-  | "random_unavailable" | "unwrap_failed" | "wrapped_truncated" | "wrapped_version"
-  | "invalid_key_id" | "key_id_conflict"
-  | "invite_encoding" | "invite_truncated" | "invite_version" | "invite_malformed"
-  | "wrong_passphrase" | "passphrase_required"
-  | "not_sender" | "deleted" | "not_queued" | "in_flight" | "maybe_sent" | "not_failed"
-  | "network" | "timeout" | "unauthorized" | "forbidden" | "not_found" | "rate_limited" | "server_error"
-  | "fatal";
-
-/** Every error dovecote throws is an `Error` with `name` "DovecoteError" and a `code`. */
-export interface DovecoteError extends Error {
-  name: "DovecoteError";
-  code: ErrorCode;
-}
 "#;
+
+/// `DovecoteErrorCode`, from the one list in the engine. The class
+/// `DovecoteError` and `isDovecoteError` are plain JS (js/error.js), added
+/// to the package by scripts/package.mjs: no wasm bytes.
+#[wasm_bindgen(typescript_custom_section)]
+const ERROR_CODE_TYPE: &'static str = crate::engine::ERROR_CODES_TS;
 
 /// A JS `Error` with `name` "DovecoteError" and a stable `code`: the one
 /// shape of every error dovecote throws.
@@ -527,7 +517,8 @@ impl ChatClient {
     pub fn messages(
         &self,
         #[wasm_bindgen(js_name = threadId)] thread_id: String,
-        #[wasm_bindgen(unchecked_param_type = "PageOptions | undefined")] options: JsValue,
+        // `options?:` in the types, as documented.
+        #[wasm_bindgen(unchecked_optional_param_type = "PageOptions")] options: JsValue,
     ) -> Promise {
         let inner = self.inner.clone();
         guarded(async move {

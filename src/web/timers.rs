@@ -4,15 +4,18 @@
 //! first", and [`BrowserEvents`], the page's `online`/`offline` and
 //! `visibilitychange` events, unregistered on drop.
 //!
-//! Everything here is RAII, in the manner of gloo-timers: a dropped timer or
-//! listener never fires, and its closure is freed at once. Timers use the
-//! global `setTimeout`, so they work in windows and workers alike.
+//! Everything here is RAII: a dropped timer or listener never fires, and its
+//! closure is freed at once. [`Timeout`] and [`sleep`] are gloo-timers'
+//! (`callback::Timeout`, `future::TimeoutFuture`, +328 bytes gzip over our
+//! own, README "Dependencies"), which call the global `setTimeout`, so they
+//! work in windows and workers alike; [`Trigger`] and [`BrowserEvents`],
+//! which gloo-timers has nothing for, are ours.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::{pin, Pin};
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 
 use tokio::sync::Notify;
 use wasm_bindgen::prelude::*;
@@ -20,91 +23,37 @@ use wasm_bindgen::JsCast;
 
 use crate::core::model::Millis;
 
-#[wasm_bindgen]
-extern "C" {
-    // The global functions rather than `Window`'s methods: workers have them too.
-    #[wasm_bindgen(js_name = setTimeout)]
-    fn set_timeout(callback: &JsValue, ms: f64) -> JsValue;
-    #[wasm_bindgen(js_name = clearTimeout)]
-    fn clear_timeout(id: &JsValue);
-}
-
 /// `setTimeout` takes a signed 32-bit delay and fires at once on anything
 /// larger (about 24.8 days); longer waits are clamped to it.
 const MAX_DELAY_MS: Millis = i32::MAX as Millis;
 
-/// A callback scheduled with `setTimeout`, run at most once. Dropping the
+fn delay(ms: Millis) -> u32 {
+    ms.min(MAX_DELAY_MS) as u32
+}
+
+/// A callback scheduled with `setTimeout` (gloo-timers, which calls the
+/// global function, so workers have it too), run at most once. Dropping the
 /// `Timeout` before it fires cancels it.
 #[must_use = "dropping a Timeout cancels it"]
 #[derive(Debug)]
 pub struct Timeout {
-    id: JsValue,
-    // Kept alive until the timer has fired or been cleared: a closure freed
-    // while JS still holds it would throw when called.
-    _callback: Closure<dyn FnMut()>,
+    _timer: gloo_timers::callback::Timeout,
 }
 
 impl Timeout {
     /// Runs `callback` after `ms` milliseconds (clamped to about 24.8 days).
     pub fn new(ms: Millis, callback: impl FnOnce() + 'static) -> Timeout {
-        let callback = Closure::once(callback);
-        let id = set_timeout(callback.as_ref(), ms.min(MAX_DELAY_MS) as f64);
-        Timeout { id, _callback: callback }
+        Timeout { _timer: gloo_timers::callback::Timeout::new(delay(ms), callback) }
     }
 }
 
-impl Drop for Timeout {
-    fn drop(&mut self) {
-        // Harmless if it already fired.
-        clear_timeout(&self.id);
-    }
-}
+/// The future of [`sleep`] (gloo-timers): the timer starts when it is made
+/// and is cancelled when it is dropped.
+pub type Sleep = gloo_timers::future::TimeoutFuture;
 
-#[derive(Default)]
-struct SleepState {
-    done: bool,
-    waker: Option<Waker>,
-}
-
-/// The future of [`sleep`].
-#[must_use = "futures do nothing unless awaited"]
-pub struct Sleep {
-    ms: Millis,
-    state: Rc<RefCell<SleepState>>,
-    timer: Option<Timeout>,
-}
-
-/// Completes after `ms` milliseconds. The timer starts at the first poll and
-/// is cancelled when the future is dropped.
+/// Completes after `ms` milliseconds.
 pub fn sleep(ms: Millis) -> Sleep {
-    Sleep { ms, state: Rc::default(), timer: None }
-}
-
-impl Future for Sleep {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut state = self.state.borrow_mut();
-        if state.done {
-            return Poll::Ready(());
-        }
-        state.waker = Some(cx.waker().clone());
-        drop(state);
-        if self.timer.is_none() {
-            let state = Rc::clone(&self.state);
-            self.timer = Some(Timeout::new(self.ms, move || {
-                let waker = {
-                    let mut state = state.borrow_mut();
-                    state.done = true;
-                    state.waker.take()
-                };
-                if let Some(waker) = waker {
-                    waker.wake();
-                }
-            }));
-        }
-        Poll::Pending
-    }
+    gloo_timers::future::TimeoutFuture::new(delay(ms))
 }
 
 /// Runs `future` for at most `ms` milliseconds: `None` if time ran out, in

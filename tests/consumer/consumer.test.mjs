@@ -15,15 +15,20 @@ import { startServer, launchBrowser } from "../e2e/harness.mjs";
 const root = new URL("../../", import.meta.url).pathname;
 const fixture = new URL("./app/", import.meta.url).pathname;
 
-// Exactly what a user gets: the glue, its types, the wasm and its types,
-// the README and the manifest. Nothing from src/, tests or the dev project.
+// Exactly what a user gets: the glue (with the DovecoteError class), its
+// types, the wasm and its types, the React hooks (plain JS and types), the
+// README, the licences and the manifest. Nothing from src/, tests or the dev project.
 const EXPECTED_FILES = [
+  "LICENSE-APACHE",
+  "LICENSE-MIT",
   "README.md",
   "dovecote.d.ts",
   "dovecote.js",
   "dovecote_bg.wasm",
   "dovecote_bg.wasm.d.ts",
   "package.json",
+  "react.d.ts",
+  "react.js",
 ];
 
 let work;
@@ -79,6 +84,9 @@ test("the tarball holds only what a user needs, with exports a resolver follows"
     }).trim();
   assert.equal(resolve("dovecote"), `file://${app}/node_modules/dovecote/dovecote.js`);
   assert.equal(resolve("dovecote/dovecote_bg.wasm"), `file://${app}/node_modules/dovecote/dovecote_bg.wasm`);
+  assert.equal(resolve("dovecote/react"), `file://${app}/node_modules/dovecote/react.js`);
+  // React is an optional peer: installing the package did not bring it.
+  assert.equal(existsSync(join(app, "node_modules/react")), false);
 });
 
 test("a page importing the installed package stores a sent message locally as pending", async () => {
@@ -87,6 +95,15 @@ test("a page importing the installed package stores a sent message locally as pe
   assert.equal(await page.textContent("#error"), "");
   assert.equal(await page.textContent("#body"), "local only");
   assert.equal(await page.textContent("#status"), "pending");
+  // The error the wasm threw is a DovecoteError to the package's exports.
+  assert.deepEqual(JSON.parse(await page.getAttribute("body", "data-refused")), {
+    code: "invalid_input",
+    instance: true,
+    guard: true,
+    guardCode: true,
+    otherCode: false,
+    plainError: false,
+  });
   assert.deepEqual(wasmFetches, [`${site.url}/node_modules/dovecote/dovecote_bg.wasm`]);
   assert.deepEqual(problems, []);
   await context.close();

@@ -1,13 +1,26 @@
 // A user's app in miniature: open a client, make a thread, send a message
 // and show its status as it changes. `?db=&user=` pick the database and the
 // user; `&server=` syncs with a dovecote server.
-import init, { ChatClient } from "dovecote";
+import init, { ChatClient, DovecoteError, isDovecoteError } from "dovecote";
 
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
 
 try {
   await init();
+  // An error thrown by the wasm is recognized by the package's exports.
+  try {
+    await ChatClient.open({ dbName: "refused", userId: "" });
+  } catch (e) {
+    document.body.dataset.refused = JSON.stringify({
+      code: e.code,
+      instance: e instanceof DovecoteError,
+      guard: isDovecoteError(e),
+      guardCode: isDovecoteError(e, "invalid_input"),
+      otherCode: isDovecoteError(e, "closed"),
+      plainError: new Error("x") instanceof DovecoteError,
+    });
+  }
   const options = { dbName: params.get("db"), userId: params.get("user") };
   if (params.has("server")) Object.assign(options, { serverUrl: params.get("server"), devSignIn: true });
   const client = await ChatClient.open(options);
