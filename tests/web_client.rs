@@ -35,7 +35,7 @@ async fn delete_database(name: &str) {
 }
 
 async fn open(db: &str, user: &str) -> Result<ChatClient, JsValue> {
-    ChatClient::open(js(&json!({ "dbName": db, "userId": user }))).await
+    ChatClient::open_client(js(&json!({ "dbName": db, "userId": user }))).await
 }
 
 async fn fresh(db: &str, user: &str) -> ChatClient {
@@ -194,7 +194,7 @@ async fn bad_open_options_and_another_users_database_are_refused() {
         json!({ "dbName": "x", "userId": "a", "serverUrl": "ftp://example.org" }),
         json!({ "dbName": "x", "userId": "a", "serverUrl": "not a url" }),
     ] {
-        let error = ChatClient::open(js(&options)).await.err().expect("refused");
+        let error = ChatClient::open_client(js(&options)).await.err().expect("refused");
         assert!(
             ["invalid_input", "storage_unavailable"].contains(&code(&error).as_str()),
             "{options}: {error:?}"

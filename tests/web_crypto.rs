@@ -43,11 +43,11 @@ async fn delete_database(name: &str) {
 }
 
 async fn open(db: &str, user: &str) -> Result<ChatClient, JsValue> {
-    ChatClient::open(js(&json!({ "dbName": db, "userId": user }))).await
+    ChatClient::open_client(js(&json!({ "dbName": db, "userId": user }))).await
 }
 
 async fn open_with_passphrase(db: &str, user: &str, passphrase: &str) -> Result<ChatClient, JsValue> {
-    ChatClient::open(js(&json!({ "dbName": db, "userId": user, "passphrase": passphrase }))).await
+    ChatClient::open_client(js(&json!({ "dbName": db, "userId": user, "passphrase": passphrase }))).await
 }
 
 async fn fresh(db: &str, user: &str) -> ChatClient {

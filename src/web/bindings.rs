@@ -339,7 +339,9 @@ impl ChatClient {
 }
 
 impl ChatClient {
-    async fn open_client(options: JsValue) -> Result<ChatClient, JsValue> {
+    /// [`ChatClient::open`] for Rust callers (the browser tests): the client
+    /// itself rather than a promise of it.
+    pub async fn open_client(options: JsValue) -> Result<ChatClient, JsValue> {
         // The passphrase is taken out before the rest is parsed as JSON: the
         // parser's scratch buffers are not wiped. Wiped when this function
         // returns, however it returns.
