@@ -54,7 +54,9 @@ in_engine() {
     chromium) DOVECOTE_ENGINE=chromium CHROMEDRIVER=/usr/bin/chromedriver "$@" ;;
     firefox) DOVECOTE_ENGINE=firefox GECKODRIVER="$HOME/.cargo/bin/geckodriver" "$@" ;;
     # MiniBrowser (WebKitGTK) has no headless mode: a virtual X server.
-    webkitgtk) DOVECOTE_ENGINE=webkitgtk SAFARIDRIVER=/usr/bin/WebKitWebDriver xvfb-run -a "$@" ;;
+    # xvfb-run starts a program, not a shell function: a shell that has this file.
+    webkitgtk) DOVECOTE_ENGINE=webkitgtk SAFARIDRIVER=/usr/bin/WebKitWebDriver \
+      xvfb-run -a bash -c 'source scripts/wasm.sh && "$@"' in_engine "$@" ;;
     wpe) DOVECOTE_ENGINE=wpe SAFARIDRIVER=/usr/bin/WPEWebDriver PATH="$PWD/scripts/wpe:$PATH" "$@" ;;
     *) echo "unknown engine $engine" >&2; return 2 ;;
   esac
