@@ -271,6 +271,36 @@ fn body(body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> Result
     })
 }
 
+/// How much of a body over the limit is still read before the 413 goes
+/// out, in multiples of the limit.
+const DRAIN_FACTOR: usize = 16;
+
+/// A push body, within the body limit. Over it, the rest is still read (up
+/// to `DRAIN_FACTOR` times the limit) and dropped before the 413 goes out:
+/// a server that answers and closes while the browser is still uploading
+/// makes WebKit report a network error instead of the answer (seen in
+/// WebKitGTK 2.50), and the client would retry, as transient, a push that
+/// can never fit. Past that bound the connection is just closed.
+async fn read_body(mut body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::BadRequest(format!("could not read the body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen = seen.saturating_add(data.len());
+        if seen <= limit {
+            kept.extend_from_slice(&data);
+        } else if seen > limit.saturating_mul(DRAIN_FACTOR) {
+            break;
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::TooLarge("request body over the size limit".into()));
+    }
+    Ok(kept.into())
+}
+
 async fn healthz() -> Response {
     json_response(StatusCode::OK, &serde_json::json!({ "ok": true }))
 }
@@ -351,9 +381,9 @@ fn precheck<S: Storage>(app: &App<S>, user: &UserId, body: &MutationBody, now: M
 async fn push<S: Storage>(
     State(app): State<Arc<App<S>>>,
     Authed(user): Authed,
-    raw: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    raw: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let request = parse_push(&body(raw)?)?;
+    let request = parse_push(&read_body(raw, app.config.body_limit).await?)?;
     if request.mutations.len() > app.config.max_mutations {
         return Err(ApiError::TooLarge(format!(
             "{} mutations in one push, over the limit of {}",
