@@ -29,8 +29,10 @@ function useClient(user, serverUrl) {
         const c = await ChatClient.open({
           dbName,
           userId: user,
-          ...(serverUrl ? { serverUrl } : {}),
-          // With a production server, pass `token` from your identity provider.
+          // The example's server has the dev-only sign-in (loopback): with a
+          // production server, pass `getToken` (or `token`) from your
+          // identity provider instead of `devSignIn`.
+          ...(serverUrl ? { serverUrl, devSignIn: true } : {}),
         });
         if (cancelled) {
           c.close();
