@@ -101,21 +101,29 @@ export class WebDriverSession {
     });
   }
 
+  /** Ends the session and its driver; a driver that does not go in 5 s is killed. */
   async quit() {
+    if (this.child.exitCode !== null) return;
     try {
-      await command(this.base, "DELETE", `/session/${this.id}`);
+      await command(this.base, "DELETE", `/session/${this.id}`, undefined, AbortSignal.timeout(10_000));
     } catch {
       // the browser may be gone already
     }
+    const exited = new Promise((resolve) => (this.child.exitCode !== null ? resolve() : this.child.once("exit", resolve)));
     this.child.kill("SIGTERM");
-    await new Promise((resolve) => (this.child.exitCode !== null ? resolve() : this.child.once("exit", resolve)));
+    await Promise.race([exited, new Promise((r) => setTimeout(r, 5_000))]);
+    if (this.child.exitCode === null) {
+      this.child.kill("SIGKILL");
+      await exited;
+    }
   }
 }
 
 /** One WebDriver command; throws the driver's error with its message. */
-export async function command(base, method, path, body) {
+export async function command(base, method, path, body, signal) {
   const response = await fetch(`${base}${path}`, {
     method,
+    signal,
     headers: body === undefined ? {} : { "content-type": "application/json" },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
