@@ -70,6 +70,7 @@ export async function everyCall(bytes: ArrayBuffer): Promise<void> {
       case "threads":
       case "outbox":
       case "version_change":
+      case "fatal":
         break;
       default: {
         const never: never = event;
