@@ -14,7 +14,7 @@ import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
 import { createServer, connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startServer, launchBrowser } from "./harness.mjs";
+import { startServer, launchBrowser, sdkPage as harnessSdkPage } from "./harness.mjs";
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -26,15 +26,7 @@ after(async () => {
   await browser?.close();
 });
 
-async function sdkPage(server) {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(e.message));
-  await page.goto(`${server.url}/tests/e2e/sdk.html`);
-  await page.waitForSelector("body[data-ready=true]", { state: "attached" });
-  return { page, errors };
-}
+const sdkPage = (server) => harnessSdkPage(browser, server);
 
 /** An HS256 JWT, as an identity provider would mint it. */
 function jwt(claims, secret) {

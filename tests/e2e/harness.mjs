@@ -73,3 +73,14 @@ export async function serverMessages(url, user) {
   }
   return messages.sort((a, b) => a.seq - b.seq);
 }
+
+/** A fresh context and page of `browser` with the SDK test page loaded from `server`; `errors` collects uncaught page errors. */
+export async function sdkPage(browser, server) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(`${server.url}/tests/e2e/sdk.html`);
+  await page.waitForSelector("body[data-ready=true]", { state: "attached" });
+  return { page, errors };
+}

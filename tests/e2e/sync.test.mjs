@@ -5,7 +5,7 @@
 // is retried without a duplicate.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startServer, launchBrowser, serverMessages } from "./harness.mjs";
+import { startServer, launchBrowser, serverMessages, sdkPage as harnessSdkPage } from "./harness.mjs";
 
 let browser;
 before(async () => {
@@ -16,15 +16,7 @@ after(async () => {
 });
 
 /** A fresh page with the SDK loaded from `server`. */
-async function sdkPage(server) {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(e.message));
-  await page.goto(`${server.url}/tests/e2e/sdk.html`);
-  await page.waitForSelector("body[data-ready=true]", { state: "attached" });
-  return { page, errors };
-}
+const sdkPage = (server) => harnessSdkPage(browser, server);
 
 test("500 messages sent while the server is down arrive once, in order, after a reopen; a second client sees them", async () => {
   let server = await startServer();
