@@ -23,8 +23,11 @@ pub enum Durability {
 /// Everything the server is started with.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The SQLite database file (created if missing).
+    /// The SQLite database file (created if missing), or a
+    /// `postgres://` URL (PostgreSQL backend).
     pub db: PathBuf,
+    /// PostgreSQL connections per instance.
+    pub db_pool: usize,
     /// Where to listen; port 0 picks a free port.
     pub addr: SocketAddr,
     /// A directory to serve as static files (the demo), if any.
@@ -68,6 +71,7 @@ impl Config {
     pub fn new(db: impl Into<PathBuf>, addr: SocketAddr) -> Self {
         Config {
             db: db.into(),
+            db_pool: crate::storage::postgres::DEFAULT_POOL_SIZE,
             addr,
             static_dir: None,
             body_limit: 256 * 1024,
@@ -180,6 +184,7 @@ impl Config {
                 "--ws-max-sockets" => config.ws_max_sockets = num(&value)?.max(1) as usize,
                 "--ws-ping-interval" => config.ws_ping_interval = secs(&value)?,
                 "--ws-idle-timeout" => config.ws_idle_timeout = secs(&value)?,
+                "--db-pool" => config.db_pool = num(&value)?.clamp(1, 1000) as usize,
                 "--page-bytes" => config.page_bytes = num(&value)?.max(1) as usize,
                 "--synchronous" => {
                     config.durability = match value.to_ascii_lowercase().as_str() {
@@ -202,7 +207,10 @@ const BOOLEAN_FLAGS: &[&str] = &["--dev-sign-in", "--dev-sign-in-anywhere"];
 pub const USAGE: &str = "\
 usage: dovecote-server --db PATH [--addr 127.0.0.1:8787] [options]
 
-  --db PATH              SQLite database file (created if missing)
+  --db PATH|URL          SQLite database file (created if missing), or
+                         postgres://USER@HOST:PORT/DB for PostgreSQL (several
+                         instances may share one database)
+  --db-pool N            PostgreSQL connections per instance (default 16)
   --addr HOST:PORT       listen address; port 0 picks a free port (default 127.0.0.1:8787)
   --static DIR           also serve DIR as static files (the demo)
   --body-limit BYTES     largest request body (default 262144)
@@ -211,7 +219,8 @@ usage: dovecote-server --db PATH [--addr 127.0.0.1:8787] [options]
   --rate-limit N         requests per user per minute (default 6000)
   --token-ttl SECS       session token lifetime (default 86400)
   --invite-ttl SECS      invite token lifetime (default 604800)
-  --synchronous full|normal  SQLite durability (default full)
+  --synchronous full|normal  SQLite durability (default full; PostgreSQL's
+                         is its own synchronous_commit setting)
   --page-bytes BYTES     largest pull page by envelope bytes (default 4194304)
 
 Authentication (at least one of these):

@@ -1,14 +1,17 @@
-//! `dovecote-server --db PATH --addr 127.0.0.1:PORT [--static DIR] ...`
+//! `dovecote-server --db PATH|postgres://... --addr 127.0.0.1:PORT [--static DIR] ...`
 //!
 //! Prints `listening on http://ADDR` to stdout once bound (scripts and tests
 //! read the port from it); logs go to stderr.
 
 use std::io::Write as _;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use dovecote_server::config::{Config, Durability};
 use dovecote_server::routes::App;
+use dovecote_server::storage::postgres::{is_postgres_url, PostgresStorage};
 use dovecote_server::storage::sqlite::SqliteStorage;
+use dovecote_server::storage::Storage;
 
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -42,13 +45,47 @@ async fn main() -> ExitCode {
         eprintln!("{message}");
         return ExitCode::from(2);
     }
-    let storage = match SqliteStorage::open(&config.db, config.durability) {
-        Ok(storage) => storage,
-        Err(e) => {
-            eprintln!("cannot open database {}: {e}", config.db.display());
-            return ExitCode::FAILURE;
-        }
-    };
+    let db = config.db.to_string_lossy().into_owned();
+    if is_postgres_url(&db) {
+        let storage = match PostgresStorage::connect(&db, config.db_pool).await {
+            Ok(storage) => storage,
+            Err(e) => {
+                // The URL may hold a password: say which database by its error only.
+                eprintln!("cannot open the PostgreSQL database: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        run(storage, config, "PostgreSQL".into(), async |app: &Arc<App<PostgresStorage>>| {
+            // Other instances' pokes for this instance's sockets.
+            let hub = app.hub.clone();
+            app.storage.listen_for_pokes(move |pokes| hub.publish(pokes)).await.map(drop)
+        })
+        .await
+    } else {
+        let storage = match SqliteStorage::open(&config.db, config.durability) {
+            Ok(storage) => storage,
+            Err(e) => {
+                eprintln!("cannot open database {}: {e}", config.db.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        let described = format!(
+            "{} (WAL, synchronous={})",
+            config.db.display(),
+            if config.durability == Durability::Full { "FULL" } else { "NORMAL" }
+        );
+        run(storage, config, described, async |_: &Arc<App<SqliteStorage>>| Ok(())).await
+    }
+}
+
+/// Serves on `storage` until a signal; `start` runs before the server
+/// binds (the PostgreSQL backend's poke listener).
+async fn run<S: Storage>(
+    storage: S,
+    config: Config,
+    described: String,
+    start: impl AsyncFnOnce(&Arc<App<S>>) -> Result<(), dovecote_server::storage::Error>,
+) -> ExitCode {
     // Loads the JWKS before binding: a server that cannot check tokens must not listen.
     let app = match App::try_new(storage, config) {
         Ok(app) => app,
@@ -57,6 +94,10 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = start(&app).await {
+        eprintln!("cannot start: {e}");
+        return ExitCode::FAILURE;
+    }
     let listener = match tokio::net::TcpListener::bind(app.config.addr).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -82,9 +123,7 @@ async fn main() -> ExitCode {
         );
     }
     eprintln!(
-        "database {} (WAL, synchronous={}){}",
-        app.config.db.display(),
-        if app.config.durability == Durability::Full { "FULL" } else { "NORMAL" },
+        "database {described}{}",
         app.config.static_dir.as_ref().map(|d| format!(", serving {}", d.display())).unwrap_or_default()
     );
     println!("listening on http://{addr}");

@@ -25,7 +25,11 @@ use dovecote::core::sync::{
 };
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 
-use super::{Error, IncomingMutation, Joined, Poke, PullQuery, PushOutcome, Refusal, Result, Storage};
+use super::{
+    edit_deleted, id_unavailable, implausible_id, no_such_message, no_such_thread_to_join, not_member,
+    not_sender, out_of_order, thread_full, Applied, Error, IncomingMutation, Joined, PageBuilder, Poke,
+    PullQuery, PushOutcome, Refusal, Result, Storage,
+};
 use crate::auth::random_secret;
 use crate::config::Durability;
 
@@ -257,28 +261,6 @@ fn members(conn: &Connection, thread: ThreadId) -> Result<Vec<UserId>> {
     Ok(rows.map(|r| r.map(UserId)).collect::<rusqlite::Result<_>>()?)
 }
 
-/// `Ok(Ok((seq, server_ts)))` applied (or an idempotent repeat),
-/// `Ok(Err(refusal))` refused with nothing written, `Err` a database fault.
-type Applied = std::result::Result<(u64, Millis), Refusal>;
-
-/// One answer for every id the server will not take: a thread or message id
-/// someone else holds, or an id stamped more than a day in the future. The
-/// same code and text either way, so a refusal does not tell that the id
-/// exists (docs/protocol.md §4.3).
-fn id_unavailable() -> Refusal {
-    Refusal::new("conflict", "this id cannot be used; make a new one")
-}
-
-/// Ids carry their creation time; one far in the future is not a real id.
-fn implausible_id(id: dovecote::core::model::Id, now: Millis) -> bool {
-    id.created_at() > now.saturating_add(24 * 3600 * 1000)
-}
-
-fn not_member() -> Refusal {
-    // Same answer whether or not the thread exists: existence is not leaked.
-    Refusal::new("not_member", "not a member of this thread")
-}
-
 fn apply(tx: &Transaction<'_>, user: &UserId, body: &MutationBody, now: Millis) -> Result<Applied> {
     match body {
         MutationBody::CreateThread { thread_id, title, members: named, created_at } => {
@@ -365,7 +347,7 @@ fn apply(tx: &Transaction<'_>, user: &UserId, body: &MutationBody, now: Millis) 
                 Ok(deleted) => deleted,
             };
             if deleted {
-                return Ok(Err(Refusal::new("edit_deleted", "the message was deleted")));
+                return Ok(Err(edit_deleted()));
             }
             let seq = record_change(tx, &message_entity(*message_id), *thread_id, Some(*message_id), now)?;
             tx.execute(
@@ -416,13 +398,9 @@ fn own_message(
         )
         .optional()?;
     Ok(match row {
-        Some((thread, _, _)) if thread != thread_id.to_string() => {
-            Err(Refusal::new("not_found", "no such message in this thread"))
-        }
-        None => Err(Refusal::new("not_found", "no such message in this thread")),
-        Some((_, sender, _)) if sender != user.as_str() => {
-            Err(Refusal::new("not_sender", "only the sender may change a message"))
-        }
+        Some((thread, _, _)) if thread != thread_id.to_string() => Err(no_such_message()),
+        None => Err(no_such_message()),
+        Some((_, sender, _)) if sender != user.as_str() => Err(not_sender()),
         Some((_, _, deleted)) => Ok(deleted),
     })
 }
@@ -436,7 +414,7 @@ fn join_thread(tx: &Transaction<'_>, user: &UserId, thread: ThreadId, now: Milli
         .optional()?
         .is_some();
     if !exists {
-        return Ok(Err(Refusal::new("invite_invalid", "the invite is not valid")));
+        return Ok(Err(no_such_thread_to_join()));
     }
     if is_member(tx, user, thread)? {
         return Ok(Ok(latest_change(tx, &thread_entity(thread))?));
@@ -446,10 +424,7 @@ fn join_thread(tx: &Transaction<'_>, user: &UserId, thread: ThreadId, now: Milli
             r.get(0)
         })?;
     if count as usize >= dovecote::core::model::MAX_MEMBERS {
-        return Ok(Err(Refusal::new(
-            "thread_full",
-            format!("the thread has {count} members, the most there may be"),
-        )));
+        return Ok(Err(thread_full(count as usize)));
     }
     tx.execute(
         "INSERT INTO members (thread_id, user_id) VALUES (?1, ?2)",
@@ -525,11 +500,14 @@ fn push_blocking(
                 }),
                 // An id below the device's high-water mark that was never
                 // pushed: applying it now would break the per-device order.
-                None => rejected.push(Rejection {
-                    mutation_id: m.mutation_id,
-                    code: "out_of_order".into(),
-                    message: format!("mutation ids for this device are already past {last}"),
-                }),
+                None => {
+                    let refusal = out_of_order(last);
+                    rejected.push(Rejection {
+                        mutation_id: m.mutation_id,
+                        code: refusal.code,
+                        message: refusal.message,
+                    })
+                }
             }
             continue;
         }
@@ -678,9 +656,6 @@ fn main_feed(tx: &Transaction<'_>, user: &UserId, cursor: u64, n: usize) -> Resu
     Ok(out)
 }
 
-/// Bytes of a pull answer around its changes (`{"protocol":1,"changes":[...]...}`).
-const PAGE_OVERHEAD: usize = 128;
-
 fn pull_blocking(conn: &mut Connection, user: &UserId, q: PullQuery) -> Result<Option<PullResponse>> {
     // One read transaction: the page is one consistent snapshot.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
@@ -694,26 +669,18 @@ fn pull_blocking(conn: &mut Connection, user: &UserId, q: PullQuery) -> Result<O
         }
         None => main_feed(&tx, user, q.cursor, fetch)?,
     };
-    let mut has_more = rows.len() > q.limit as usize;
-    let mut changes = Vec::with_capacity(rows.len().min(q.limit as usize));
-    let mut bytes = PAGE_OVERHEAD;
+    let mut page = PageBuilder::new(&q, rows.len());
     for (seq, thread, message) in rows.into_iter().take(q.limit as usize) {
         let change = match message {
             Some(message) => Change::Message { seq, message: load_message(&tx, parse_id(message)?)? },
             None => Change::Thread { seq, thread: load_thread(&tx, parse_id(thread)?)? },
         };
-        // Measured as sent (base64 envelopes and all), plus a comma.
-        let size = serde_json::to_vec(&change).map_or(0, |v| v.len()) + 1;
-        if !changes.is_empty() && bytes + size > q.max_bytes {
-            has_more = true; // the rest waits for the next page
+        if !page.offer(change) {
             break;
         }
-        bytes += size;
-        changes.push(change);
     }
-    let cursor = changes.last().map_or(q.cursor, Change::seq);
     tx.commit()?;
-    Ok(Some(PullResponse { protocol: PROTOCOL_VERSION, changes, cursor, has_more }))
+    Ok(Some(page.finish()))
 }
 
 impl Storage for SqliteStorage {
