@@ -23,6 +23,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+pub mod pg;
+
 /// Fresh ids without randomness: a counter in the random part.
 pub fn next_id() -> dovecote::core::model::Id {
     static COUNTER: AtomicU64 = AtomicU64::new(1);
