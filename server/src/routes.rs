@@ -2,6 +2,7 @@
 //! request checks, CORS and the request log. Storage does the rest.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -123,6 +124,10 @@ async fn edge(request: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = request.method().clone();
     let path = loggable_path(request.uri().path());
+    let (parts, body) = request.into_parts();
+    let read = Arc::new(AtomicBool::new(http_body::Body::is_end_stream(&body)));
+    let request =
+        Request::from_parts(parts, axum::body::Body::new(Tracked { inner: body, read: read.clone() }));
     let mut response = if method == Method::OPTIONS {
         // Preflight: answered here, before auth, for any path.
         StatusCode::NO_CONTENT.into_response()
@@ -130,6 +135,13 @@ async fn edge(request: Request, next: Next) -> Response {
         next.run(request).await
     };
     let headers = response.headers_mut();
+    if !read.load(Ordering::Relaxed) {
+        // Answered before the body was read (a 401, a route that ignores
+        // bodies, a 413 past the drain bound): hyper then closes the
+        // connection, and without this header a client that reuses it
+        // sees its next request fail (found by the conformance kit).
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     // Any origin: auth is a bearer header, never a cookie, so a foreign page
     // gains nothing it could not do with its own fetch.
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
@@ -147,6 +159,36 @@ async fn edge(request: Request, next: Next) -> Response {
         start.elapsed().as_secs_f64() * 1000.0
     );
     response
+}
+
+/// A request body that notes when it has been read to its end.
+struct Tracked {
+    inner: axum::body::Body,
+    read: Arc<AtomicBool>,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The path as it may be logged: invite tokens in the path are redacted.
