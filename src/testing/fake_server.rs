@@ -88,6 +88,9 @@ pub struct ServerLimits {
     /// Most changes per pull page; a larger `limit` is lowered to this
     /// (the reference server: 1000). A small one makes clients page.
     pub max_pull: u32,
+    /// Most bytes of changes (as JSON) per pull page; one larger change
+    /// still comes alone (the reference server's `--page-bytes`).
+    pub page_bytes: usize,
 }
 
 impl Default for ServerLimits {
@@ -99,6 +102,7 @@ impl Default for ServerLimits {
             max_mutations: 500,
             invite_ttl: 7 * 24 * 3600 * 1000,
             max_pull: 1000,
+            page_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -176,6 +180,17 @@ fn http(status: u16, code: &str, message: impl Into<String>) -> TransportFailure
     }
 }
 
+/// The answer for an id that cannot be used, whatever the reason.
+fn id_unavailable() -> Refused {
+    ("conflict", "this id cannot be used; make a new one".into())
+}
+
+/// Ids carry their creation time; one over a day ahead of the server's
+/// clock is not a real id.
+fn implausible_id(id: crate::core::model::Id, now: Millis) -> bool {
+    id.created_at() > now.saturating_add(24 * 3600 * 1000)
+}
+
 fn not_member() -> Refused {
     // The same answer whether or not the thread exists.
     ("not_member", "not a member of this thread".into())
@@ -245,11 +260,14 @@ impl State {
     fn apply(&mut self, user: &UserId, body: &MutationBody) -> Result<(u64, Millis), Refused> {
         match body {
             MutationBody::CreateThread { thread_id, title, members, created_at } => {
+                if implausible_id(thread_id.0, self.now) {
+                    return Err(id_unavailable());
+                }
                 if let Some(row) = self.threads.get(thread_id) {
                     return if row.created_by == *user {
                         Ok((row.created_seq, row.server_ts))
                     } else {
-                        Err(("conflict", "this id cannot be used; make a new one".into()))
+                        Err(id_unavailable())
                     };
                 }
                 let mut all: BTreeSet<UserId> = members.iter().cloned().collect();
@@ -274,12 +292,15 @@ impl State {
                 if !self.is_member(user, *thread_id) {
                     return Err(not_member());
                 }
+                if implausible_id(message_id.0, self.now) {
+                    return Err(id_unavailable());
+                }
                 if let Some(existing) = self.messages.get(message_id) {
                     return if existing.thread_id == *thread_id && existing.sender == *user {
                         self.stats.send_repeats += 1;
                         Ok((existing.seq, existing.server_ts))
                     } else {
-                        Err(("conflict", "this id cannot be used; make a new one".into()))
+                        Err(id_unavailable())
                     };
                 }
                 let message = ServerMessage {
@@ -393,6 +414,11 @@ impl State {
             last_mutation_id: 0,
             results: HashMap::new(),
         });
+        // A push starting at id L says the device will never ask about an
+        // id below L again: those results go (docs/protocol.md §4.2).
+        if let Some(first) = request.mutations.first() {
+            device.results.retain(|&id, _| id >= first.mutation_id);
+        }
         let mut response = PushResponse {
             protocol: PROTOCOL_VERSION,
             acks: Vec::new(),
@@ -469,15 +495,24 @@ impl State {
             })
             .take(limit + 1)
             .collect();
-        let has_more = entries.len() > limit;
-        let changes: Vec<Change> = entries
-            .into_iter()
-            .take(limit)
-            .map(|(seq, entity)| match entity {
+        let mut has_more = entries.len() > limit;
+        // At most `page_bytes` of changes as JSON (after the answer's own
+        // ~128 bytes), but always at least one, as the reference server.
+        let mut bytes = 128;
+        let mut changes: Vec<Change> = Vec::new();
+        for (seq, entity) in entries.into_iter().take(limit) {
+            let change = match entity {
                 Entity::Thread(t) => Change::Thread { seq, thread: self.server_thread(t) },
                 Entity::Message(m) => Change::Message { seq, message: self.messages[&m].clone() },
-            })
-            .collect();
+            };
+            let size = serde_json::to_vec(&change).map_or(0, |v| v.len()) + 1;
+            if !changes.is_empty() && bytes + size > self.limits.page_bytes {
+                has_more = true;
+                break;
+            }
+            bytes += size;
+            changes.push(change);
+        }
         self.stats.pulls += 1;
         let cursor = changes.last().map_or(request.cursor, Change::seq);
         Ok(PullResponse { protocol: PROTOCOL_VERSION, changes, cursor, has_more })
@@ -566,6 +601,13 @@ impl FakeServer {
         let (thread, expires_at) = *state.invites.get(token).ok_or_else(invalid)?;
         if state.now >= expires_at {
             return Err(invalid());
+        }
+        let full = state
+            .threads
+            .get(&thread)
+            .is_some_and(|row| row.members.len() >= MAX_MEMBERS && !row.members.contains(user));
+        if full {
+            return Err(http(403, "thread_full", "the thread has the most members there may be"));
         }
         state.join(user, thread).ok_or_else(invalid)?;
         Ok(AcceptResponse { thread_id: thread })
