@@ -48,8 +48,8 @@ async fn no_puller_skips_a_seq_under_concurrent_pushes_across_instances() {
 
     let done = Arc::new(AtomicBool::new(false));
     let mut pullers = Vec::new();
-    for p in 0..https.len() {
-        let (http, token, done) = (https[p].clone(), watcher.clone(), done.clone());
+    for http in &https {
+        let (http, token, done) = (http.clone(), watcher.clone(), done.clone());
         pullers.push(tokio::spawn(async move {
             let mut cursor = 0;
             let mut seen = BTreeSet::new();
