@@ -107,8 +107,12 @@ test("a message sent in the React example shows pending, then sent, and reaches 
 });
 
 test("offline: a message waits in the outbox, and goes out when the browser is back online", async () => {
-  /** Queued and not sent: pending, or failed and being retried (a transient failure). */
-  const waiting = (li) => li.status === "pending" || (li.status === "failed" && li.recoverable === "true");
+  /**
+   * Queued and not sent: pending, sending (an attempt in flight, which the
+   * offline network fails), or failed and being retried (a transient failure).
+   */
+  const waiting = (li) =>
+    li.status === "pending" || li.status === "sending" || (li.status === "failed" && li.recoverable === "true");
   const shown = () =>
     page.$$eval("#messages li.message", (els) =>
       els.map((e) => ({ body: e.querySelector(".body").textContent, status: e.dataset.status, recoverable: e.dataset.recoverable })),
