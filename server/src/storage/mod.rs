@@ -18,7 +18,7 @@ pub mod sqlite;
 use std::future::Future;
 
 use dovecote::core::model::{DeviceId, Millis, ThreadId, UserId};
-use dovecote::core::sync::{Change, MutationBody, PullResponse, PushResponse, PROTOCOL_VERSION};
+use dovecote::core::sync::{Change, MutationBody, PullResponse, PushResponse, Rejection, PROTOCOL_VERSION};
 
 /// Why storage failed. Everything but [`Error::DeviceForbidden`] is a
 /// server fault (500) and left the database unchanged.
@@ -67,6 +67,11 @@ impl Refusal {
     /// A refusal with `code` and `message`.
     pub fn new(code: &str, message: impl Into<String>) -> Self {
         Refusal { code: code.to_owned(), message: message.into() }
+    }
+
+    /// The push answer's entry for mutation `mutation_id` refused so.
+    pub fn rejection(self, mutation_id: u64) -> Rejection {
+        Rejection { mutation_id, code: self.code, message: self.message }
     }
 }
 

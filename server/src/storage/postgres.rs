@@ -632,12 +632,7 @@ async fn push_tx(
                     }),
                 },
                 None => {
-                    let refusal = out_of_order(last);
-                    rejected.push(Rejection {
-                        mutation_id: m.mutation_id,
-                        code: refusal.code,
-                        message: refusal.message,
-                    });
+                    rejected.push(out_of_order(last).rejection(m.mutation_id));
                 }
             }
             continue;
@@ -678,11 +673,7 @@ async fn push_tx(
                     ],
                 )
                 .await?;
-                rejected.push(Rejection {
-                    mutation_id: m.mutation_id,
-                    code: refusal.code,
-                    message: refusal.message,
-                });
+                rejected.push(refusal.rejection(m.mutation_id));
             }
         }
         last = m.mutation_id;

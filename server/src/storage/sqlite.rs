@@ -500,14 +500,7 @@ fn push_blocking(
                 }),
                 // An id below the device's high-water mark that was never
                 // pushed: applying it now would break the per-device order.
-                None => {
-                    let refusal = out_of_order(last);
-                    rejected.push(Rejection {
-                        mutation_id: m.mutation_id,
-                        code: refusal.code,
-                        message: refusal.message,
-                    })
-                }
+                None => rejected.push(out_of_order(last).rejection(m.mutation_id)),
             }
             continue;
         }
@@ -530,11 +523,7 @@ fn push_blocking(
                     "INSERT INTO mutation_results (device_id, mutation_id, code, message) VALUES (?1, ?2, ?3, ?4)",
                     params![&device_key, m.mutation_id as i64, refusal.code, refusal.message],
                 )?;
-                rejected.push(Rejection {
-                    mutation_id: m.mutation_id,
-                    code: refusal.code,
-                    message: refusal.message,
-                });
+                rejected.push(refusal.rejection(m.mutation_id));
             }
         }
         last = m.mutation_id;
