@@ -1,6 +1,7 @@
 // Shared pieces of the end-to-end tests: start the real server on a free
-// loopback port with a temporary SQLite file, and a headless Debian Chromium.
-import { spawn } from "node:child_process";
+// loopback port (a temporary SQLite file, or a PostgreSQL database), and a
+// headless Debian Chromium.
+import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -10,17 +11,17 @@ const root = new URL("../../", import.meta.url).pathname;
 
 /**
  * Starts dovecote-server serving the repo root; resolves with
- * { url, port, dir, stop }. `dir` (a data folder to reuse) and `port` let a
- * test restart the same server: `stop({ keepData: true })`, then start again
- * with both.
+ * { url, port, dir, child, stop }. `dir` (a data folder to reuse) and `port`
+ * let a test restart the same server: `stop({ keepData: true })`, then start
+ * again with both. `db` (a postgres:// URL) replaces the SQLite file in `dir`.
  */
-export async function startServer({ dir, port = 0, args = [], devSignIn = true } = {}) {
+export async function startServer({ dir, port = 0, args = [], devSignIn = true, db } = {}) {
   dir ??= mkdtempSync(join(tmpdir(), "dovecote-e2e-"));
   const target = process.env.CARGO_TARGET_DIR ?? join(root, "target");
   const bin = process.env.DOVECOTE_SERVER_BIN ?? join(target, "debug/dovecote-server");
   const addr = `127.0.0.1:${port}`;
   // --dev-sign-in (loopback only): the pages sign in by name; a JWT test passes its own flags too.
-  const base = ["--db", join(dir, "db.sqlite3"), "--addr", addr, "--static", root];
+  const base = ["--db", db ?? join(dir, "db.sqlite3"), "--addr", addr, "--static", root];
   const auth = devSignIn ? ["--dev-sign-in", "--ip-rate-limit", "100000"] : [];
   const child = spawn(bin, [...base, ...auth, ...args], {
     stdio: ["ignore", "pipe", process.env.DOVECOTE_SERVER_LOG ? "inherit" : "ignore"],
@@ -36,12 +37,12 @@ export async function startServer({ dir, port = 0, args = [], devSignIn = true }
       }
     });
   });
-  const stop = async ({ keepData = false } = {}) => {
-    child.kill("SIGTERM");
+  const stop = async ({ keepData = false, signal = "SIGTERM" } = {}) => {
+    child.kill(signal);
     await new Promise((resolve) => (child.exitCode !== null ? resolve() : child.once("exit", resolve)));
     if (!keepData) rmSync(dir, { recursive: true, force: true });
   };
-  return { url, port: Number(new URL(url).port), dir, stop };
+  return { url, port: Number(new URL(url).port), dir, child, stop };
 }
 
 /** Debian's Chromium, headless, with no network of its own. */
@@ -84,3 +85,22 @@ export async function sdkPage(browser, server) {
   await page.waitForSelector("body[data-ready=true]", { state: "attached" });
   return { page, errors };
 }
+
+/**
+ * A fresh database on a real PostgreSQL: the cluster of `DOVECOTE_TEST_PG`
+ * (scripts/test starts one for the run), or else a private one that
+ * scripts/pg starts for this process and stops when it exits. Its URL.
+ */
+export function postgresDatabase() {
+  const pg = join(root, "scripts/pg");
+  const admin =
+    process.env.DOVECOTE_TEST_PG ??
+    (process.env.DOVECOTE_TEST_PG = execFileSync("bash", [pg, "start", "--until-exit-of", `${process.pid}`])
+      .toString()
+      .trim()
+      .split("\n")
+      .at(-1));
+  const name = `e2e_${process.pid}_${++databases}`;
+  return execFileSync("bash", [pg, "db", admin, name]).toString().trim();
+}
+let databases = 0;
