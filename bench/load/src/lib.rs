@@ -12,7 +12,11 @@
 //!   getting it (a change that committed after a higher seq was visible;
 //!   docs/protocol.md §5, "No gaps under concurrency");
 //! - every push answered `200` with exactly its one ack, and every
-//!   instance's full pull the same.
+//!   instance's full pull the same;
+//! - **exactly once across instances**: after the timed part, each client
+//!   sends its last push again, to another instance than the first time;
+//!   the answer must be the stored one (same seq and `server_ts`), and the
+//!   final feed (pulled after) must not hold a second copy.
 //!
 //! One shared thread, because that is the hardest case for the feed: every
 //! push takes the feed lock, and every push also touches the same thread's
@@ -106,6 +110,8 @@ pub struct Verdict {
     pub unknown: u64,
     /// Pages that broke the page rules, summed over pullers.
     pub page_errors: u64,
+    /// Repeated last pushes whose answer was not the original one.
+    pub repeats_differ: u64,
     /// Whether the instances' full pulls differed.
     pub feeds_differ: bool,
 }
@@ -256,6 +262,17 @@ pub fn run(options: &Options) -> Result<Report, String> {
         (logs, seen, elapsed)
     });
 
+    // Exactly once: each client's last push again, on the next instance.
+    let mut repeats_differ = 0;
+    for (i, (client, log)) in clients.iter().zip(&logs).enumerate() {
+        let Some((request, original)) = &log.last else { continue };
+        let at = i + options.pushes as usize + 1;
+        let reply = client.kit.request(at, "POST", "/v1/push", Some(&client.token), Some(request));
+        if reply.ok::<PushResponse>().as_ref() != Ok(original) {
+            repeats_differ += 1;
+        }
+    }
+
     // The whole feed from every instance; they must agree.
     let mut feeds = Vec::new();
     for at in 0..urls.len() {
@@ -267,6 +284,7 @@ pub fn run(options: &Options) -> Result<Report, String> {
     let sent: Vec<Vec<Sent>> = logs.iter().map(|l| l.sent.clone()).collect();
     let mut verdict = verify(&sent, &feed, &seen);
     verdict.feeds_differ = feeds_differ;
+    verdict.repeats_differ = repeats_differ;
 
     let mut latencies: Vec<Duration> = logs.iter().flat_map(|l| l.latencies.iter().copied()).collect();
     latencies.sort();
@@ -300,6 +318,8 @@ struct ClientLog {
     error_count: u64,
     errors: Vec<String>,
     bad_answers: u64,
+    /// The last push and its answer, to send again.
+    last: Option<(Vec<u8>, PushResponse)>,
 }
 
 fn push_loop(client: &Client, index: usize, thread: ThreadId, pushes: u64, start: &Barrier) -> ClientLog {
@@ -359,6 +379,7 @@ fn push_loop(client: &Client, index: usize, thread: ThreadId, pushes: u64, start
                     body,
                     seq: r.acks[0].seq,
                 });
+                log.last = Some((request, r));
             }
             other => {
                 log.bad_answers += 1;

@@ -75,7 +75,8 @@ fn main() -> ExitCode {
     );
     println!(
         "lost {}, duplicated {}, out of order {}, skipped {}, mismatched {}, unknown {}, page errors {}, \
-         instances' feeds {}; errors {}, unexpected answers {}; {} pulls, final feed {} changes",
+         repeats answered differently {}, instances' feeds {}; errors {}, unexpected answers {}; \
+         {} pulls, final feed {} changes",
         v.lost,
         v.duplicated,
         v.out_of_order,
@@ -83,6 +84,7 @@ fn main() -> ExitCode {
         v.mismatched,
         v.unknown,
         v.page_errors,
+        v.repeats_differ,
         if v.feeds_differ { "DIFFER" } else { "agree" },
         report.errors,
         report.bad_answers,
@@ -95,7 +97,7 @@ fn main() -> ExitCode {
     println!(
         "summary label={label} instances={} acked={} planned={} seconds={:.2} pushes_per_s={:.0} \
          p50_ms={:.1} p99_ms={:.1} max_ms={:.1} lost={} duplicated={} out_of_order={} skipped={} \
-         errors={} pulls={} passed={}",
+         other={} pulls={} passed={}",
         report.instances,
         report.acked,
         report.planned,
@@ -113,6 +115,7 @@ fn main() -> ExitCode {
             + v.mismatched
             + v.unknown
             + v.page_errors
+            + v.repeats_differ
             + u64::from(v.feeds_differ),
         report.pulls,
         report.passed(),
