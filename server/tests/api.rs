@@ -703,10 +703,10 @@ async fn envelopes_are_stored_as_blobs_exactly_as_received() {
     server.stop().await;
 }
 
-/// Found by tests/openapi/run (schemathesis, its cursor check): ids and
-/// cursors are u64 and SQLite's integers i64, so past i64::MAX a cursor read
-/// as negative and a pull returned the whole feed, and pruning compared
-/// mutation ids as signed, dropping the stored answers of the latest push.
+/// Ids and cursors are u64 and SQLite's integers i64: past i64::MAX a cursor
+/// read as negative and a pull returned the whole feed (found by
+/// tests/openapi/run, its cursor check), and pruning compared mutation ids
+/// as signed, dropping the stored answers of the latest push.
 #[tokio::test]
 async fn ids_and_cursors_past_i64_max_keep_their_order() {
     let server = TestServer::start().await;
