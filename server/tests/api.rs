@@ -702,3 +702,48 @@ async fn envelopes_are_stored_as_blobs_exactly_as_received() {
     assert_eq!(got[0].body.as_ref().unwrap().0, canary);
     server.stop().await;
 }
+
+/// Ids and cursors are u64 and SQLite's integers i64: past i64::MAX a cursor
+/// read as negative and a pull returned the whole feed (found by
+/// tests/openapi/run, its cursor check), and pruning compared mutation ids
+/// as signed, dropping the stored answers of the latest push.
+#[tokio::test]
+async fn ids_and_cursors_past_i64_max_keep_their_order() {
+    let server = TestServer::start().await;
+    let http = &server.http;
+    let alice = http.session("alice").await;
+    let (device, thread) = (device_id(), thread_id());
+    let high = 1u64 << 63;
+    let request = push_request(
+        device,
+        vec![create_thread(high, thread, &[]), send(high + 1, thread, message_id(), "hi")],
+    );
+    let first = http.push_ok(&alice, &request).await;
+    assert_eq!((first.acks.len(), first.last_mutation_id), (2, high + 1), "{first:?}");
+
+    for query in
+        [format!("cursor={high}"), format!("cursor={}", u64::MAX), format!("cursor={high}&thread={thread}")]
+    {
+        let page: PullResponse = http.pull(&alice, &query).await.parse();
+        assert!(page.changes.is_empty(), "{query}: nothing is after the cursor: {page:?}");
+        assert_eq!(
+            page.cursor.to_string(),
+            query[7..].split('&').next().unwrap(),
+            "{query}: the cursor stays"
+        );
+    }
+    let all: PullResponse = http.pull(&alice, "cursor=0").await.parse();
+    assert_eq!(all.changes.len(), 2);
+
+    // An id below the mark is refused and prunes nothing above it...
+    let low = http.push_ok(&alice, &push_request(device, vec![send(5, thread, message_id(), "late")])).await;
+    assert_eq!(low.rejected[0].code, "out_of_order", "{low:?}");
+    // ...so a retry of the push whose answer was lost still gets its acks.
+    assert_eq!(http.push_ok(&alice, &request).await, first);
+    // A push starting past both prunes both; the next id still follows the mark.
+    let next =
+        http.push_ok(&alice, &push_request(device, vec![delete(high + 2, thread, message_id())])).await;
+    assert_eq!((next.rejected[0].code.as_str(), next.last_mutation_id), ("not_found", high + 2), "{next:?}");
+    let again = http.push_ok(&alice, &request).await;
+    assert!(again.acks.is_empty() && again.rejected.iter().all(|r| r.code == "out_of_order"), "{again:?}");
+}

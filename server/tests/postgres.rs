@@ -266,3 +266,38 @@ async fn sigkill_of_one_instance_mid_stream_loses_nothing_acked_and_applies_noth
     assert_eq!(stored.len(), CLIENTS * PUSHES as usize);
     assert_eq!(stored, acked, "every acked message, at its acked seq");
 }
+
+/// The PostgreSQL side of `ids_and_cursors_past_i64_max_keep_their_order`
+/// (server/tests/api.rs): mutation ids clamped to i64::MAX made two ids past
+/// it one row, and the push failed with a 500.
+#[tokio::test]
+async fn ids_and_cursors_past_i64_max_keep_their_order() {
+    let url = pg::fresh_database().await;
+    let server = instance(&url);
+    let http = &server.http;
+    let alice = http.session("alice").await;
+    let (device, thread) = (device_id(), thread_id());
+    let high = 1u64 << 63;
+    let mut thread_mutation = create_thread(high, thread, &[]);
+    if let dovecote::core::sync::MutationBody::CreateThread { created_at, .. } = &mut thread_mutation.body {
+        *created_at = u64::MAX;
+    }
+    let request = push_request(device, vec![thread_mutation, send(high + 1, thread, message_id(), "hi")]);
+    let first = http.push_ok(&alice, &request).await;
+    assert_eq!((first.acks.len(), first.last_mutation_id), (2, high + 1), "{first:?}");
+
+    for query in [format!("cursor={}", u64::MAX), format!("cursor={high}&thread={thread}")] {
+        let page: PullResponse = http.pull(&alice, &query).await.parse();
+        assert!(page.changes.is_empty(), "{query}: nothing is after the cursor: {page:?}");
+    }
+    let all: PullResponse = http.pull(&alice, "cursor=0").await.parse();
+    assert_eq!(all.changes.len(), 2);
+    assert!(
+        matches!(&all.changes[0], Change::Thread { thread: t, .. } if t.created_at == u64::MAX),
+        "times are kept as sent: {all:?}"
+    );
+
+    let low = http.push_ok(&alice, &push_request(device, vec![send(5, thread, message_id(), "late")])).await;
+    assert_eq!(low.rejected[0].code, "out_of_order", "{low:?}");
+    assert_eq!(http.push_ok(&alice, &request).await, first, "a retry gets the original acks");
+}

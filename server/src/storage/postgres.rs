@@ -162,11 +162,25 @@ fn pool_error(e: impl std::fmt::Display) -> Error {
     Error::Pool(e.to_string())
 }
 
-/// u64 values (seqs, mutation ids, times) are BIGINT: ids past `i64::MAX`
-/// are out of range for the column, and so treated as the largest value
-/// (a cursor past every seq, a mutation id past every stored one).
+/// u64 values (seqs, mutation ids, times) are BIGINT, stored bit for bit
+/// (read back `as u64`): values past `i64::MAX` read as negative in SQL, so
+/// an ordered comparison of them needs [`u64_order_below`] or [`seq_bound`].
+/// (Clamped to `i64::MAX` instead, two mutation ids past it were one row,
+/// and the second insert failed the push with a 500.)
 fn big(v: u64) -> i64 {
+    v as i64
+}
+
+/// A cursor as a seq bound: seqs never pass `i64::MAX`, so a cursor past
+/// it is past every seq.
+fn seq_bound(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// SQL for "`column` < `param` as u64", both stored by [`big`]: the upper
+/// half (negative) after the lower, each half in its own order.
+fn u64_order_below(column: &str, param: &str) -> String {
+    format!("({column} < 0, {column}) < ({param} < 0, {param})")
 }
 
 fn parse_id<T: std::str::FromStr>(s: &str) -> Result<T> {
@@ -599,7 +613,10 @@ async fn push_tx(
     // (docs/protocol.md §4.2).
     if let Some(first) = mutations.first() {
         let prune = tx
-            .prepare_cached("DELETE FROM mutation_results WHERE device_id = $1 AND mutation_id < $2")
+            .prepare_cached(&format!(
+                "DELETE FROM mutation_results WHERE device_id = $1 AND {}",
+                u64_order_below("mutation_id", "$2::BIGINT")
+            ))
             .await?;
         tx.execute(&prune, &[&device_key, &big(first.mutation_id)]).await?;
     }
@@ -765,11 +782,11 @@ async fn pull_tx(storage: &PostgresStorage, user: &UserId, q: PullQuery) -> Resu
                 return Ok(None);
             }
             let stmt = tx.prepare_cached(FEED_SQL_THREAD).await?;
-            tx.query(&stmt, &[&thread.to_string(), &big(q.cursor), &fetch]).await?
+            tx.query(&stmt, &[&thread.to_string(), &seq_bound(q.cursor), &fetch]).await?
         }
         None => {
             let stmt = tx.prepare_cached(FEED_SQL_MAIN).await?;
-            tx.query(&stmt, &[&user.as_str(), &big(q.cursor), &fetch]).await?
+            tx.query(&stmt, &[&user.as_str(), &seq_bound(q.cursor), &fetch]).await?
         }
     };
     let feed: Vec<(u64, String, Option<String>)> =

@@ -471,8 +471,12 @@ fn push_blocking(
     // so a push starting at id L says it will never ask about an id below L
     // again: those stored results can go (docs/protocol.md §4.2).
     if let Some(first) = mutations.first() {
+        // Mutation ids are u64 stored as i64 bit for bit, so ids past
+        // i64::MAX read as negative: compare in u64 order, the upper half
+        // (negative) after the lower, each half in its own order.
         tx.execute(
-            "DELETE FROM mutation_results WHERE device_id = ?1 AND mutation_id < ?2",
+            "DELETE FROM mutation_results WHERE device_id = ?1
+             AND (mutation_id < 0, mutation_id) < (?2 < 0, ?2)",
             params![&device_key, first.mutation_id as i64],
         )?;
     }
@@ -593,9 +597,11 @@ fn thread_feed(tx: &Transaction<'_>, thread: &str, after: u64, n: i64) -> Result
         "SELECT seq, thread_id, message_id FROM changes
          WHERE thread_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     )?;
-    let rows = stmt.query_map(params![thread, after as i64, n], |r| {
-        Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
-    })?;
+    // Seqs never pass i64::MAX, so a cursor past it is past every seq (cast
+    // as is, it would read as negative and return the whole feed).
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let rows = stmt
+        .query_map(params![thread, after, n], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
