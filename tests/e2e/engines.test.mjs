@@ -2,7 +2,8 @@
 // chromium, firefox, webkitgtk, wpe; scripts/test runs each in turn),
 // against the real server: two users by invite, a send while the server is
 // down and a reload with it still queued, two tabs with one leader and a
-// handover, and the demo's main screen (test-output/demo-<engine>.png).
+// handover, the demo's main screen (test-output/demo-<engine>.png), 64 KiB
+// bodies through AES-GCM, and a trap.
 // Every step drives the built package in the page, as an app would.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -239,6 +240,31 @@ test("the demo's main screen: sign in, a thread, a message sent", TIMEOUT, async
   } finally {
     await profile.close();
     await server.currentStop();
+  }
+});
+
+test("64 KiB messages round-trip intact through the shipped build's AES-GCM (JavaScriptCore's BBQ tier once miscompiled such loops)", TIMEOUT, async () => {
+  const profile = await browser.profile();
+  try {
+    const tab = await sdkTab(profile);
+    const outcome = await tab.evaluate(async () => {
+      const { ChatClient } = window.dovecote;
+      // The largest message there is (64 KiB of UTF-8), each one different.
+      const body = (n) => `${n}:`.padEnd(65_536, "abcdefghijklmnopqrstuvwxyz0123456789".slice(n % 36));
+      let client = await ChatClient.open({ dbName: "e2e-large", userId: "alice" });
+      const thread = await client.createThread({ title: "Large" });
+      for (let n = 0; n < 30; n++) await client.send(thread.id, body(n));
+      client.close();
+      // A reopen: every body is opened from its stored envelope.
+      client = await ChatClient.open({ dbName: "e2e-large", userId: "alice" });
+      const page = await client.messages(thread.id, { limit: 100 });
+      client.close();
+      const wrong = page.filter((m) => m.body !== body(Number(m.body?.split(":")[0])) || m.status.state === "undecryptable");
+      return { count: page.length, wrong: wrong.map((m) => `${m.status.state}:${m.body?.slice(0, 12)}`) };
+    });
+    assert.deepEqual(outcome, { count: 30, wrong: [] });
+  } finally {
+    await profile.close();
   }
 });
 
