@@ -50,6 +50,10 @@ pub(crate) static ALL: &[Check] = &[
     Check { name: "4.2 results below a push's first id are pruned (then out_of_order)", run: pruning },
     Check { name: "4.2 an empty push reports the mark; gaps in ids are allowed", run: empty_push_and_gaps },
     Check {
+        name: "4.2 mutation ids and cursors past 2^63 keep u64 order (stored acks, pruning, pulls)",
+        run: past_i64_max,
+    },
+    Check {
         name: "4.3 create_thread: creator is a member; repeat acked with the original seq",
         run: create_thread,
     },
@@ -538,6 +542,40 @@ fn empty_push_and_gaps(kit: &Kit) -> Outcome {
 }
 
 // --- 4.3 ------------------------------------------------------------------
+
+// Found in both reference backends (tests/openapi/run, and a reading of
+// the code): ids and cursors are u64, and a database column of i64 must
+// neither clamp them nor compare them signed.
+fn past_i64_max(kit: &Kit) -> Outcome {
+    let (_, token) = kit.session("alice")?;
+    let (device, thread) = (fresh_id(), fresh_id());
+    let high = 1u64 << 63;
+    let batch = vec![create(high, &thread, &[]), send(high + 1, &thread, &fresh_id(), "hi")];
+    let first = push_ok(kit, 0, &token, &device, batch.clone())?;
+    ensure!(first.acks.len() == 2 && first.last_mutation_id == high + 1, "{first:?}");
+    for cursor in [high, u64::MAX] {
+        let page = pull(kit, 1, &token, &format!("cursor={cursor}"))?;
+        ensure!(
+            page.changes.is_empty() && page.cursor == cursor,
+            "nothing is after cursor {cursor}: {page:?}"
+        );
+    }
+    // An id below the mark is refused and prunes nothing above it, so a
+    // retry of the first push still gets its acks...
+    let low = push_ok(kit, 1, &token, &device, vec![send(5, &thread, &fresh_id(), "late")])?;
+    ensure!(rejected(&low)? == "out_of_order", "{low:?}");
+    let again = push_ok(kit, 0, &token, &device, batch.clone())?;
+    ensure!(again.acks == first.acks, "the retry got other acks: {:?} then {:?}", first.acks, again.acks);
+    // ...and a push starting past both prunes both.
+    let next = push_ok(kit, 1, &token, &device, vec![delete(high + 2, &thread, &fresh_id())])?;
+    ensure!(rejected(&next)? == "not_found" && next.last_mutation_id == high + 2, "{next:?}");
+    let pruned = push_ok(kit, 0, &token, &device, batch)?;
+    ensure!(
+        pruned.acks.is_empty() && pruned.rejected.iter().all(|r| r.code == "out_of_order"),
+        "ids below a pushed id were not pruned: {pruned:?}"
+    );
+    Ok(())
+}
 
 fn create_thread(kit: &Kit) -> Outcome {
     let (alice_id, alice) = kit.session("alice")?;
