@@ -42,6 +42,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::core::model::MessageId;
 use crate::engine::LocalChanges;
+use crate::web::idb::describe;
 
 /// How long a lease holds without renewal ([`Backend::Lease`]).
 pub const LEASE_EXPIRY_MS: u32 = 5_000;
@@ -349,7 +350,9 @@ async fn lease_loop(shared: Rc<Shared>) {
             // The lease we hold may still run; lead until it ends.
             Err(_) if js_sys::Date::now() < shared.lease_until.get() => {}
             Err(error) => {
-                web_sys::console::warn_1(&format!("dovecote: leader lease check failed: {error}").into());
+                web_sys::console::warn_1(
+                    &format!("dovecote: leader lease check failed: {}", describe(&error)).into(),
+                );
                 shared.set_leader(false);
             }
         }
@@ -361,7 +364,9 @@ async fn lease_loop(shared: Rc<Shared>) {
     }
     if !shared.crashed.get() {
         if let Err(error) = release_lease(&shared).await {
-            web_sys::console::warn_1(&format!("dovecote: leader lease release failed: {error}").into());
+            web_sys::console::warn_1(
+                &format!("dovecote: leader lease release failed: {}", describe(&error)).into(),
+            );
         }
     }
 }
