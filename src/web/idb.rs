@@ -588,9 +588,7 @@ impl Drop for IdbStore {
 fn meta_record(key: &str, value: &JsValue) -> StoreResult<JsValue> {
     let record = js_sys::Object::new();
     let set = |k: &str, v: &JsValue| js_sys::Reflect::set(&record, &k.into(), v);
-    set("key", &key.into())
-        .and_then(|_| set("value", value))
-        .map_err(|e| StoreError::Other(format!("{e:?}")))?;
+    set("key", &key.into()).and_then(|_| set("value", value)).map_err(|e| StoreError::Other(js_text(&e)))?;
     Ok(record.into())
 }
 
@@ -755,11 +753,18 @@ fn json_text(store: &'static str, value: &JsValue) -> StoreResult<String> {
 /// ("QuotaExceededError: ..." for a DOMException), else a fixed one. Not
 /// idb's `Display`: its per-variant messages cost 2-3 KiB of wasm.
 pub(crate) fn describe(error: &idb::Error) -> String {
-    match js_value(error) {
-        Some(value) if value.is_undefined() => "undefined".into(),
-        Some(value) if value.is_null() => "null".into(),
-        Some(value) => value.unchecked_ref::<js_sys::Object>().to_string().into(),
-        None => "IndexedDB request failed".into(),
+    js_value(error).map_or_else(|| "IndexedDB request failed".into(), js_text)
+}
+
+/// What JS's `String()` makes of a value. The wasm is built without
+/// `Debug` output (-Zfmt-debug=none, scripts/wasm.sh): not `{:?}`.
+pub(crate) fn js_text(value: &JsValue) -> String {
+    if value.is_undefined() {
+        "undefined".into()
+    } else if value.is_null() {
+        "null".into()
+    } else {
+        value.unchecked_ref::<js_sys::Object>().to_string().into()
     }
 }
 
