@@ -84,7 +84,7 @@ impl IdGenerator {
 
 /// A string that is not an id in canonical form.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not an id (expected 8-4-4-4-12 hex digits): {0:?}")]
+#[error("not an id (expected 8-4-4-4-12 hex digits): \"{0}\"")]
 pub struct InvalidId(pub String);
 
 impl FromStr for Id {

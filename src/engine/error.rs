@@ -25,7 +25,7 @@ pub enum Error {
     #[error("the client is closed")]
     Closed,
     /// The database was made by another user.
-    #[error("this database belongs to user {owner:?}, not {user:?}")]
+    #[error("this database belongs to user \"{owner}\", not \"{user}\"")]
     WrongUser {
         /// Who owns the database.
         owner: String,

@@ -515,7 +515,7 @@ fn check_page(request: &PullRequest, page: &PullResponse) -> std::result::Result
 }
 
 fn corrupt(what: &str, text: &str) -> Error {
-    Error::Store(StoreError::Corrupt { store: "meta", reason: format!("{what}: {text:?}") })
+    Error::Store(StoreError::Corrupt { store: "meta", reason: format!("{what}: \"{text}\"") })
 }
 
 impl PullResponse {

@@ -51,7 +51,7 @@ extern "C" {
 
 /// A server base URL that is not an absolute `http://` or `https://` URL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not an http(s) server URL: {0:?}")]
+#[error("not an http(s) server URL: \"{0}\"")]
 pub struct InvalidServerUrl(pub String);
 
 /// The base URL of a dovecote server, e.g. `https://chat.example.com` or

@@ -588,9 +588,7 @@ impl Drop for IdbStore {
 fn meta_record(key: &str, value: &JsValue) -> StoreResult<JsValue> {
     let record = js_sys::Object::new();
     let set = |k: &str, v: &JsValue| js_sys::Reflect::set(&record, &k.into(), v);
-    set("key", &key.into())
-        .and_then(|_| set("value", value))
-        .map_err(|e| StoreError::Other(format!("{e:?}")))?;
+    set("key", &key.into()).and_then(|_| set("value", value)).map_err(|e| StoreError::Other(js_text(&e)))?;
     Ok(record.into())
 }
 
@@ -660,23 +658,55 @@ impl Fetch {
 
 /// The DOMException name inside an error, where there is one.
 fn exception_name(error: &idb::Error) -> Option<String> {
+    if let idb::Error::DomException(e) = error {
+        return Some(e.name());
+    }
+    js_sys::Reflect::get(js_value(error)?, &"name".into()).ok()?.as_string()
+}
+
+/// The JS value (exception, error or event) an error carries, where there is one.
+fn js_value(error: &idb::Error) -> Option<&JsValue> {
     use idb::Error as E;
-    let value: &JsValue = match error {
-        E::DomException(e) => return Some(e.name()),
-        E::TransactionOpenFailed(v)
-        | E::GetFailed(v)
-        | E::GetAllFailed(v)
-        | E::AddFailed(v)
-        | E::UpdateFailed(v)
-        | E::DeleteFailed(v)
-        | E::OpenCursorFailed(v)
+    Some(match error {
+        E::DomException(e) => e,
+        E::AddFailed(v)
+        | E::ClearFailed(v)
+        | E::CountFailed(v)
+        | E::CursorAdvanceFailed(v)
         | E::CursorContinueFailed(v)
+        | E::CursorKeyNotFound(v)
+        | E::CursorPrimaryKeyNotFound(v)
         | E::CursorValueNotFound(v)
+        | E::DeleteFailed(v)
+        | E::GetAllFailed(v)
+        | E::GetAllKeysFailed(v)
+        | E::GetFailed(v)
+        | E::GetKeyFailed(v)
+        | E::IndexCreateFailed(v)
+        | E::IndexDeleteFailed(v)
+        | E::IndexedDbDeleteFailed(v)
+        | E::IndexedDbNotFound(v)
+        | E::IndexedDbOpenFailed(v)
+        | E::IndexNotFound(v)
+        | E::KeyPathNotFound(v)
+        | E::KeyRangeBoundNotFound(v)
+        | E::KeyRangeCreateFailed(v)
+        | E::KeyRangeIncludesFailed(v)
+        | E::ObjectStoreCreateFailed(v)
+        | E::ObjectStoreDeleteFailed(v)
         | E::ObjectStoreNotFound(v)
-        | E::IndexNotFound(v) => v,
+        | E::OpenCursorFailed(v)
+        | E::OpenKeyCursorFailed(v)
+        | E::RequestErrorNotFound(v)
+        | E::RequestResultNotFound(v)
+        | E::TransactionAbortError(v)
+        | E::TransactionCommitError(v)
+        | E::TransactionModeNotFound(v)
+        | E::TransactionOpenFailed(v)
+        | E::UnexpectedJsType(_, v)
+        | E::UpdateFailed(v) => v,
         _ => return None,
-    };
-    js_sys::Reflect::get(value, &"name".into()).ok()?.as_string()
+    })
 }
 
 /// Whether the error says the connection is closed or gone: Chrome and
@@ -719,9 +749,23 @@ fn json_text(store: &'static str, value: &JsValue) -> StoreResult<String> {
         .ok_or_else(|| StoreError::Corrupt { store, reason: "not a JSON value".into() })
 }
 
-/// The error's text, with the DOMException name where there is one.
-fn describe(error: &idb::Error) -> String {
-    error.to_string()
+/// The error's text: what JS's `String()` makes of the value it carries
+/// ("QuotaExceededError: ..." for a DOMException), else a fixed one. Not
+/// idb's `Display`: its per-variant messages cost 2-3 KiB of wasm.
+pub(crate) fn describe(error: &idb::Error) -> String {
+    js_value(error).map_or_else(|| "IndexedDB request failed".into(), js_text)
+}
+
+/// What JS's `String()` makes of a value. The wasm is built without
+/// `Debug` output (-Zfmt-debug=none, scripts/wasm.sh): not `{:?}`.
+pub(crate) fn js_text(value: &JsValue) -> String {
+    if value.is_undefined() {
+        "undefined".into()
+    } else if value.is_null() {
+        "null".into()
+    } else {
+        value.unchecked_ref::<js_sys::Object>().to_string().into()
+    }
 }
 
 /// Sorts a failure into the classes callers act on.

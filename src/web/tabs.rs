@@ -42,6 +42,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::core::model::MessageId;
 use crate::engine::LocalChanges;
+use crate::web::idb::{describe, js_text};
 
 /// How long a lease holds without renewal ([`Backend::Lease`]).
 pub const LEASE_EXPIRY_MS: u32 = 5_000;
@@ -349,7 +350,9 @@ async fn lease_loop(shared: Rc<Shared>) {
             // The lease we hold may still run; lead until it ends.
             Err(_) if js_sys::Date::now() < shared.lease_until.get() => {}
             Err(error) => {
-                web_sys::console::warn_1(&format!("dovecote: leader lease check failed: {error}").into());
+                web_sys::console::warn_1(
+                    &format!("dovecote: leader lease check failed: {}", describe(&error)).into(),
+                );
                 shared.set_leader(false);
             }
         }
@@ -361,7 +364,9 @@ async fn lease_loop(shared: Rc<Shared>) {
     }
     if !shared.crashed.get() {
         if let Err(error) = release_lease(&shared).await {
-            web_sys::console::warn_1(&format!("dovecote: leader lease release failed: {error}").into());
+            web_sys::console::warn_1(
+                &format!("dovecote: leader lease release failed: {}", describe(&error)).into(),
+            );
         }
     }
 }
@@ -545,8 +550,7 @@ impl TabChannel {
         if !constructor.is_ok_and(|c| c.is_function()) {
             return Err(TabError::Unsupported("BroadcastChannel"));
         }
-        let channel =
-            web_sys::BroadcastChannel::new(name).map_err(|e| TabError::Browser(format!("{e:?}")))?;
+        let channel = web_sys::BroadcastChannel::new(name).map_err(|e| TabError::Browser(js_text(&e)))?;
         let on_message =
             Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |event: web_sys::MessageEvent| {
                 let message = event.data().as_string().and_then(|text| serde_json::from_str(&text).ok());
@@ -561,7 +565,7 @@ impl TabChannel {
     /// Sends `message` to the other instances.
     pub fn post(&self, message: &TabMessage) -> Result<(), TabError> {
         let text = serde_json::to_string(message).map_err(|e| TabError::Browser(e.to_string()))?;
-        self.channel.post_message(&text.into()).map_err(|e| TabError::Browser(format!("{e:?}")))
+        self.channel.post_message(&text.into()).map_err(|e| TabError::Browser(js_text(&e)))
     }
 }
 
