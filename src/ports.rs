@@ -7,7 +7,7 @@
 use crate::core::keys::{KeyId, ThreadKey};
 use crate::core::model::{MessageId, MessageRecord, Millis, Mutation, ThreadId, ThreadRecord};
 use crate::core::outbox::TransportFailure;
-use crate::core::sync::{InviteResponse, PullRequest, PullResponse, PushRequest, PushResponse};
+use crate::core::sync::{InviteResponse, PullPage, PullRequest, PushRequest, PushResponse};
 
 /// Why the store failed. Nothing of a failed `write` is kept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -154,8 +154,8 @@ pub trait KeyWrapper {
 pub trait Transport {
     /// `POST /v1/push`.
     async fn push(&self, request: &PushRequest) -> Result<PushResponse, TransportFailure>;
-    /// `GET /v1/pull`.
-    async fn pull(&self, request: &PullRequest) -> Result<PullResponse, TransportFailure>;
+    /// `GET /v1/pull`, each change read on its own ([`PullPage`]).
+    async fn pull(&self, request: &PullRequest) -> Result<PullPage, TransportFailure>;
     /// `POST /v1/threads/{id}/invites`: a server invite token for a thread
     /// the user belongs to.
     async fn create_invite(&self, thread: ThreadId) -> Result<InviteResponse, TransportFailure>;

@@ -16,7 +16,7 @@ use dovecote::core::envelope::Envelope;
 use dovecote::core::model::{DeviceId, MessageId, Millis, ThreadId, UserId};
 use dovecote::core::outbox::{Backoff, TransportFailure};
 use dovecote::core::sync::{
-    Change, MutationBody, PullRequest, PushMutation, PushRequest, ServerEvent, PROTOCOL_VERSION,
+    Change, Incoming, MutationBody, PullRequest, PushMutation, PushRequest, ServerEvent, PROTOCOL_VERSION,
 };
 use dovecote::ports::Transport;
 use dovecote::web::http::{sign_in, HttpTransport, ServerUrl};
@@ -138,7 +138,8 @@ async fn pushed_mutations_are_acked_pulled_back_byte_for_byte_and_applied_exactl
     assert!(!pulled.has_more);
     assert_eq!(pulled.cursor, first.acks[1].seq);
     match &pulled.changes[..] {
-        [Change::Thread { thread: t, .. }, Change::Message { seq, message: m }] => {
+        [Incoming::Valid(Change::Thread { thread: t, .. }), Incoming::Valid(Change::Message { seq, message: m })] =>
+        {
             assert_eq!((t.id, &t.title.0, &t.created_by), (thread, &vec![0xde, 0xad], &alice));
             assert_eq!((m.id, m.thread_id, &m.sender), (message, thread, &alice));
             assert_eq!(m.body.as_ref().map(|b| &b.0), Some(&body));
@@ -177,7 +178,9 @@ async fn invites_are_for_members_and_a_join_push_brings_the_thread() {
     assert_eq!(joined.acks.len(), 1, "{joined:?}");
     let pulled = bob.pull(&all(0)).await.unwrap();
     match &pulled.changes[..] {
-        [Change::Thread { thread: t, .. }] => assert!(t.id == thread && t.members.contains(&bob_id)),
+        [Incoming::Valid(Change::Thread { thread: t, .. })] => {
+            assert!(t.id == thread && t.members.contains(&bob_id))
+        }
         other => panic!("expected the joined thread, got {other:?}"),
     }
 }

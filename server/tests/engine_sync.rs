@@ -14,7 +14,7 @@ use dovecote::core::keys::Kek;
 use dovecote::core::model::{MessageStatus, UserId};
 use dovecote::core::outbox::TransportFailure;
 use dovecote::core::sync::{
-    Change, ErrorBody, InviteResponse, PullRequest, PullResponse, PushRequest, PushResponse,
+    Change, ErrorBody, InviteResponse, PullPage, PullRequest, PushRequest, PushResponse,
 };
 use dovecote::engine::{Client, ClientEvent, Message, SyncState};
 use dovecote::ports::{Store, Transport};
@@ -84,7 +84,7 @@ impl Transport for Net {
         answer
     }
 
-    async fn pull(&self, request: &PullRequest) -> Result<PullResponse, TransportFailure> {
+    async fn pull(&self, request: &PullRequest) -> Result<PullPage, TransportFailure> {
         let thread = request.thread.map(|t| format!("&thread={t}")).unwrap_or_default();
         let path = format!("/v1/pull?cursor={}&limit={}{thread}", request.cursor, request.limit);
         self.call(Method::GET, &path, None).await

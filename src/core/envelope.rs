@@ -147,6 +147,17 @@ impl Envelope {
     pub fn key_id(&self) -> Result<KeyId, OpenError> {
         parse(&self.0).map(|parts| parts.key_id)
     }
+
+    /// Whether these bytes can be an envelope at all (long enough for their
+    /// version's header and tag). A pulled change whose envelope cannot is
+    /// set aside; one of an unknown version is kept (a newer build may open
+    /// it) and shows as undecryptable.
+    pub fn check_framing(&self) -> Result<(), OpenError> {
+        match parse(&self.0) {
+            Err(OpenError::Truncated) => Err(OpenError::Truncated),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// An envelope split into its parts (not yet authenticated).

@@ -261,6 +261,30 @@ impl Change {
             Change::Thread { seq, .. } | Change::Message { seq, .. } => *seq,
         }
     }
+
+    /// Its `type`: `thread` or `message`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::Thread { .. } => "thread",
+            Change::Message { .. } => "message",
+        }
+    }
+
+    /// The thread it belongs to.
+    pub fn thread_id(&self) -> ThreadId {
+        match self {
+            Change::Thread { thread, .. } => thread.id,
+            Change::Message { message, .. } => message.thread_id,
+        }
+    }
+
+    /// The id of the thread or message it is about.
+    pub fn subject(&self) -> String {
+        match self {
+            Change::Thread { thread, .. } => thread.id.to_string(),
+            Change::Message { message, .. } => message.id.to_string(),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for Change {
@@ -305,6 +329,98 @@ pub struct PullResponse {
     pub cursor: u64,
     /// Whether more changes wait after `cursor`.
     pub has_more: bool,
+}
+
+/// A pull response as the client reads it: the page's frame (protocol,
+/// cursor, `has_more`) must parse, but each change is read on its own, so
+/// one this build cannot read is set aside (quarantined) instead of failing
+/// the whole page and stalling sync on it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PullPage {
+    /// The server's protocol version.
+    pub protocol: u32,
+    /// Changes after the cursor, each read or refused on its own.
+    pub changes: Vec<Incoming>,
+    /// Where the next pull starts.
+    pub cursor: u64,
+    /// Whether more changes wait after `cursor`.
+    pub has_more: bool,
+}
+
+/// One change of a [`PullPage`]: read, or kept as it came with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A change this build reads.
+    Valid(Change),
+    /// A change this build cannot read.
+    Invalid(InvalidChange),
+}
+
+/// A pulled change that failed to decode or validate, as it came.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvalidChange {
+    /// Its seq, when that much could be read.
+    pub seq: Option<u64>,
+    /// The thread or message it is about, when that much could be read: a
+    /// later valid change of the same one supersedes it.
+    pub subject: Option<String>,
+    /// The change's JSON text.
+    pub raw: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+impl InvalidChange {
+    /// A change refused after it was read (it breaks a rule of the page).
+    pub fn refused(change: &Change, reason: String) -> Self {
+        let raw = serde_json::to_string(change).expect("changes serialize");
+        InvalidChange { seq: Some(change.seq()), subject: Some(change.subject()), raw, reason }
+    }
+
+    /// Reads `raw` as a change: the same rules as a pulled page.
+    pub fn read(raw: &str) -> Incoming {
+        match serde_json::from_str::<Change>(raw) {
+            Ok(change) => Incoming::Valid(change),
+            Err(e) => {
+                // As much of the outline as can be read, for the cursor checks
+                // and for superseding.
+                #[derive(Deserialize)]
+                struct Named {
+                    id: String,
+                }
+                #[derive(Deserialize)]
+                struct Outline {
+                    seq: Option<u64>,
+                    thread: Option<Named>,
+                    message: Option<Named>,
+                }
+                let outline = serde_json::from_str::<Outline>(raw).ok();
+                let (seq, subject) = match outline {
+                    Some(o) => (o.seq, o.message.or(o.thread).map(|n| n.id)),
+                    None => (None, None),
+                };
+                Incoming::Invalid(InvalidChange { seq, subject, raw: raw.into(), reason: e.to_string() })
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Incoming {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <Box<serde_json::value::RawValue>>::deserialize(d)?;
+        Ok(InvalidChange::read(raw.get()))
+    }
+}
+
+impl From<PullResponse> for PullPage {
+    fn from(response: PullResponse) -> Self {
+        PullPage {
+            protocol: response.protocol,
+            changes: response.changes.into_iter().map(Incoming::Valid).collect(),
+            cursor: response.cursor,
+            has_more: response.has_more,
+        }
+    }
 }
 
 /// A message the server sends on the `/v1/events` WebSocket.

@@ -6,11 +6,13 @@
 
 mod error;
 mod mutations;
+mod quarantine;
 mod sync;
 mod views;
 
 pub use error::{Error, Result, ERROR_CODES, ERROR_CODES_TS};
-pub use sync::RoundReport;
+pub use quarantine::{Quarantine, QuarantinedChange, CHANGE_READER, MAX_QUARANTINED};
+pub use sync::{Feed, RoundReport};
 pub use views::ErrorInfo;
 pub use views::{ClientEvent, Message, OutboxEntry, SyncState, Thread, ThreadChange};
 
@@ -98,6 +100,10 @@ pub struct Client<S: Store, C: Clock, W: KeyWrapper> {
     /// Where ids and backoff jitter get their randomness; the platform's by
     /// default, a seeded one in deterministic simulations.
     random_source: RefCell<Option<RandomSource>>,
+    /// The change reader this client acts as ([`CHANGE_READER`] but in a
+    /// test of upgrades), and the change type it then refuses.
+    reader: Cell<u32>,
+    refused_change_kind: Cell<Option<&'static str>>,
 }
 
 /// Fresh random bytes from the platform (crypto.getRandomValues in browsers).
@@ -160,7 +166,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             key_records.insert(record.key_id, record);
         }
 
-        Ok(Client {
+        let client = Client {
             store,
             clock,
             wrapper,
@@ -177,7 +183,11 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             round_lock: tokio::sync::Mutex::new(()),
             sync: RefCell::default(),
             random_source: RefCell::default(),
-        })
+            reader: Cell::new(CHANGE_READER),
+            refused_change_kind: Cell::new(None),
+        };
+        client.retry_quarantine().await?;
+        Ok(client)
     }
 
     /// The user this client acts for.

@@ -15,10 +15,12 @@ use crate::core::conflict::{merge_message, merge_thread};
 use crate::core::model::{Millis, MutationState, ThreadId};
 use crate::core::outbox::{self, classify, BatchLimit, ErrorClass, TransportFailure};
 use crate::core::sync::{
-    Change, MutationBody, PullRequest, PullResponse, PushMutation, PushRequest, PROTOCOL_VERSION,
+    Change, Incoming, InvalidChange, MutationBody, PullPage, PullRequest, PushMutation, PushRequest,
+    PROTOCOL_VERSION,
 };
 use crate::ports::{Clock, KeyWrapper, Store, StoreError, Transport, Write};
 
+use super::quarantine::{Quarantine, CHANGE_READER, META_QUARANTINE};
 use super::views::ErrorInfo;
 use super::{Client, ClientEvent, Error, Result, SyncState};
 
@@ -281,7 +283,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                 return Ok(Some(ErrorInfo { code: "protocol".into(), message: why }));
             }
             report.pulled += response.changes.len();
-            self.apply_page(&response, None).await?;
+            self.apply_page(&response, Feed::Main).await?;
             if !response.has_more {
                 break;
             }
@@ -294,7 +296,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                     Ok(response) => response,
                     // Not (or no longer) a member: nothing to catch up on.
                     Err(TransportFailure::Status { status: 404, .. }) => {
-                        self.apply_page(&PullResponse::empty(cursor), Some(thread)).await?;
+                        self.apply_page(&PullPage::empty(cursor), Feed::CatchUp(thread)).await?;
                         break;
                     }
                     Err(failure) => return Ok(Some(self.pull_failed(&failure))),
@@ -304,8 +306,8 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                 }
                 report.pulled += response.changes.len();
                 let done = !response.has_more || response.cursor >= until;
-                let page = PullResponse { has_more: !done, ..response };
-                self.apply_page(&page, Some(thread)).await?;
+                let page = PullPage { has_more: !done, ..response };
+                self.apply_page(&page, Feed::CatchUp(thread)).await?;
                 if done {
                     break;
                 }
@@ -357,20 +359,26 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
     }
 
     /// Applies a page of pulled changes and moves its cursor, in one store
-    /// write: a reload never skips or half-applies a page. For a catch-up
-    /// page, `thread` names the catch-up whose cursor moves (and which ends
-    /// when the page is the last).
-    pub async fn apply_page(&self, page: &PullResponse, thread: Option<ThreadId>) -> Result<()> {
+    /// write: a reload never skips or half-applies a page. Changes that do
+    /// not decode or break a rule of the page are set aside in the
+    /// quarantine (`quarantine.rs`) in the same write. For a catch-up page,
+    /// `feed` names the catch-up whose cursor moves (and which ends when the
+    /// page is the last); [`Feed::Retry`] applies changes read again from
+    /// the quarantine and moves no cursor.
+    pub async fn apply_page(&self, page: &PullPage, feed: Feed) -> Result<()> {
         self.check_open()?;
         let me = self.device.user_id.clone();
+        let reader = self.reader.get();
         let mut conflicts = Vec::new();
         let mut status_changed = Vec::new();
         let mut threads_changed = false;
+        let mut set_aside = 0;
         let mut applied = self
             .step(async |rows| {
                 conflicts.clear();
                 status_changed.clear();
                 threads_changed = false;
+                set_aside = 0;
                 // Messages with a local change still to go, and own sends
                 // still in the outbox (their ack may have been lost).
                 let mut changing = Vec::new();
@@ -393,10 +401,25 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                 let mut catchup = self.catchup().await?;
                 let mut joined: ThreadMap<u64> = self.meta_map(META_JOINED).await?;
                 let joined_before = joined.len();
+                let mut quarantine = self.quarantine().await?;
+                let quarantine_before = quarantine.clone();
+                if feed == Feed::Retry {
+                    // Read again below; what still fails goes back in.
+                    quarantine.entries.retain(|e| e.reader >= reader);
+                }
                 // For the main feed, the stored cursor is where this page starts.
-                let from = if thread.is_none() { self.cursor().await? } else { 0 };
-                let known: Vec<ThreadId> = if page.changes.iter().any(|c| matches!(c, Change::Thread { .. }))
-                {
+                let from = match feed {
+                    Feed::Main => self.cursor().await?,
+                    Feed::CatchUp(thread) => catchup.get_mut(&thread).map_or(0, |c| c.cursor),
+                    Feed::Retry => 0,
+                };
+                let (changes, aside) = self.sort_out(page, from, feed);
+                set_aside = aside.len();
+                let now = self.clock.now();
+                for change in aside {
+                    quarantine.add(change, now, reader);
+                }
+                let known: Vec<ThreadId> = if changes.iter().any(|c| matches!(c, Change::Thread { .. })) {
                     self.store.threads().await?.into_iter().map(|t| t.id).collect()
                 } else {
                     Vec::new()
@@ -404,10 +427,11 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                 let mut writes = Vec::new();
                 let mut records = Vec::new();
                 let mut decisions = Vec::new();
-                for change in &page.changes {
+                for change in &changes {
+                    quarantine.supersede(&change.subject());
                     match change {
                         Change::Thread { thread: remote, .. } => {
-                            if thread.is_none() && !known.contains(&remote.id) {
+                            if feed == Feed::Main && !known.contains(&remote.id) {
                                 // New to this device: its changes after `until` come
                                 // by the main feed (the server filters by membership
                                 // at pull time); those before need a pull of its own.
@@ -452,17 +476,22 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                         }
                     }
                 }
-                match thread {
-                    None => writes
+                match feed {
+                    Feed::Main => writes
                         .push(Write::PutMeta { key: META_CURSOR.into(), value: page.cursor.to_string() }),
-                    Some(thread) if page.has_more => {
+                    Feed::CatchUp(thread) if page.has_more => {
                         if let Some(entry) = catchup.get_mut(&thread) {
                             entry.cursor = page.cursor;
                         }
                     }
-                    Some(thread) => {
+                    Feed::CatchUp(thread) => {
                         catchup.remove(&thread);
                     }
+                    Feed::Retry => {}
+                }
+                if quarantine != quarantine_before {
+                    let value = serde_json::to_string(&quarantine).expect("quarantine serializes");
+                    writes.push(Write::PutMeta { key: META_QUARANTINE.into(), value });
                 }
                 let value = serde_json::to_string(&catchup).expect("catch-up map serializes");
                 writes.push(Write::PutMeta { key: META_CATCHUP.into(), value });
@@ -482,34 +511,114 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             self.changed(super::LocalChanges { threads: true, ..Default::default() });
             self.emit(&ClientEvent::Threads);
         }
+        if set_aside > 0 {
+            self.emit(&ClientEvent::Quarantined { count: set_aside });
+        }
         Ok(())
+    }
+
+    /// Splits a page into the changes to apply and those to set aside: the
+    /// ones that did not decode, and the ones that break a rule of their
+    /// page (a seq not after the one before it or past the page's cursor, a
+    /// catch-up change of another thread, an envelope too short to be one).
+    fn sort_out(&self, page: &PullPage, from: u64, feed: Feed) -> (Vec<Change>, Vec<InvalidChange>) {
+        let refused_kind = self.refused_change_kind.get();
+        let mut valid = Vec::new();
+        let mut aside = Vec::new();
+        let mut last = from;
+        for incoming in &page.changes {
+            let change = match incoming {
+                Incoming::Valid(change) => change,
+                Incoming::Invalid(invalid) => {
+                    aside.push(invalid.clone());
+                    continue;
+                }
+            };
+            let seq = change.seq();
+            let envelope = match change {
+                Change::Thread { thread, .. } => Some(&thread.title),
+                Change::Message { message, .. } => message.body.as_ref(),
+            };
+            let reason = if refused_kind == Some(change.kind()) {
+                Some(format!("unknown variant `{}` (refused by this build for a test)", change.kind()))
+            } else if feed != Feed::Retry && (seq <= last || seq > page.cursor) {
+                Some(format!("seq {seq} out of order (after {last}, page up to {})", page.cursor))
+            } else if matches!(feed, Feed::CatchUp(t) if change.thread_id() != t) {
+                Some("another thread's change in a thread pull".into())
+            } else if let Some(Err(e)) = envelope.map(|e| e.check_framing()) {
+                Some(format!("not an envelope: {e}"))
+            } else {
+                None
+            };
+            match reason {
+                Some(reason) => aside.push(InvalidChange::refused(change, reason)),
+                None => {
+                    last = seq;
+                    valid.push(change.clone());
+                }
+            }
+        }
+        (valid, aside)
+    }
+
+    /// The pulled changes set aside, oldest first.
+    pub async fn quarantine(&self) -> Result<Quarantine> {
+        match self.store.meta(META_QUARANTINE).await? {
+            None => Ok(Quarantine::default()),
+            Some(text) => serde_json::from_str(&text).map_err(|_| corrupt(META_QUARANTINE, &text)),
+        }
+    }
+
+    /// Reads again the changes an older build set aside (run at open): those
+    /// this build reads are applied, the rest stay.
+    pub(super) async fn retry_quarantine(&self) -> Result<()> {
+        let reader = self.reader.get();
+        let quarantine = self.quarantine().await?;
+        let changes: Vec<Incoming> = quarantine
+            .entries
+            .iter()
+            .filter(|e| e.reader < reader)
+            .map(|e| InvalidChange::read(&e.raw))
+            .collect();
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let page = PullPage { changes, ..PullPage::empty(0) };
+        self.apply_page(&page, Feed::Retry).await
+    }
+
+    /// Makes this client refuse changes of `kind` as if it were an older
+    /// build that did not know them (its quarantine entries are marked with
+    /// the reader before this build's): for the test that a later build
+    /// applies them.
+    #[doc(hidden)]
+    pub fn act_as_older_reader(&self, kind: &'static str) {
+        self.refused_change_kind.set(Some(kind));
+        self.reader.set(CHANGE_READER - 1);
     }
 }
 
-/// Refuses a page that would make the cursor go back or loop, or whose
-/// changes are outside (cursor, page cursor]: a broken or hostile server
-/// must not make the client skip or re-apply history forever.
-fn check_page(request: &PullRequest, page: &PullResponse) -> std::result::Result<(), String> {
+/// Which feed a page of changes comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// The main feed: the page moves the main cursor.
+    Main,
+    /// The catch-up feed of a thread joined: the page moves its cursor.
+    CatchUp(ThreadId),
+    /// Changes read again from the quarantine: no cursor moves.
+    Retry,
+}
+
+/// Refuses a page that would make the cursor go back or loop: a broken or
+/// hostile server must not make the client skip or re-apply history
+/// forever. Its changes are checked one by one when applied
+/// ([`Client::sort_out`]).
+fn check_page(request: &PullRequest, page: &PullPage) -> std::result::Result<(), String> {
     if page.protocol != PROTOCOL_VERSION {
         return Err(format!("protocol version {} instead of {PROTOCOL_VERSION}", page.protocol));
     }
     if page.cursor < request.cursor || (page.has_more && page.cursor == request.cursor) {
         return Err(format!("the pull cursor went from {} to {}", request.cursor, page.cursor));
-    }
-    let mut last = request.cursor;
-    for change in &page.changes {
-        if change.seq() <= last || change.seq() > page.cursor {
-            return Err(format!("change seq {} out of order", change.seq()));
-        }
-        last = change.seq();
-    }
-    if let Some(thread) = request.thread {
-        if page.changes.iter().any(|c| match c {
-            Change::Thread { thread: t, .. } => t.id != thread,
-            Change::Message { message, .. } => message.thread_id != thread,
-        }) {
-            return Err("a thread pull returned another thread's changes".into());
-        }
     }
     Ok(())
 }
@@ -518,10 +627,10 @@ fn corrupt(what: &str, text: &str) -> Error {
     Error::Store(StoreError::Corrupt { store: "meta", reason: format!("{what}: \"{text}\"") })
 }
 
-impl PullResponse {
+impl PullPage {
     /// A page with nothing in it, at `cursor`.
     fn empty(cursor: u64) -> Self {
-        PullResponse { protocol: PROTOCOL_VERSION, changes: Vec::new(), cursor, has_more: false }
+        PullPage { protocol: PROTOCOL_VERSION, changes: Vec::new(), cursor, has_more: false }
     }
 }
 

@@ -142,6 +142,12 @@ pub enum ClientEvent {
         /// Why.
         code: &'static str,
     },
+    /// Pulled changes this build cannot read were set aside (see
+    /// `quarantine()`); the rest of their page was applied.
+    Quarantined {
+        /// How many were set aside.
+        count: usize,
+    },
     /// Another tab upgraded the database: this one must reload.
     VersionChange,
     /// This tab became, or stopped being, the one that talks to the server.

@@ -37,8 +37,8 @@ use crate::core::envelope::Envelope;
 use crate::core::model::{DeviceId, MessageId, Millis, ThreadId, UserId, MAX_MEMBERS};
 use crate::core::outbox::{wire_size, TransportFailure};
 use crate::core::sync::{
-    AcceptResponse, Ack, Change, ErrorDetail, InviteResponse, MutationBody, PullRequest, PullResponse,
-    PushRequest, PushResponse, Rejection, ServerMessage, ServerThread, PROTOCOL_VERSION,
+    AcceptResponse, Ack, Change, ErrorDetail, InviteResponse, MutationBody, PullPage, PullRequest,
+    PullResponse, PushRequest, PushResponse, Rejection, ServerMessage, ServerThread, PROTOCOL_VERSION,
 };
 use crate::ports::Transport;
 
@@ -740,6 +740,18 @@ struct Network {
     paused: bool,
     retry_after_until: Millis,
     stats: TransportStats,
+    /// Alters every pull answer's JSON on its way, as a proxy would.
+    rewrite_pulls: Option<PageRewrite>,
+}
+
+/// A function that alters a pull answer's JSON in flight.
+#[derive(Clone)]
+struct PageRewrite(Rc<dyn Fn(&mut serde_json::Value)>);
+
+impl std::fmt::Debug for PageRewrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PageRewrite")
+    }
 }
 
 /// One user's connection to a [`FakeServer`] through a faulty network (see
@@ -781,6 +793,7 @@ impl FakeTransport {
                 paused: false,
                 retry_after_until: 0,
                 stats: TransportStats::default(),
+                rewrite_pulls: None,
             })),
         }
     }
@@ -979,6 +992,36 @@ impl FakeTransport {
     }
 }
 
+impl FakeTransport {
+    /// Alters every later pull answer's JSON with `rewrite` (until
+    /// [`FakeTransport::stop_rewriting_pulls`]), as a broken proxy or a
+    /// newer server would: the client reads what comes out.
+    pub fn rewrite_pulls(&self, rewrite: impl Fn(&mut serde_json::Value) + 'static) {
+        self.net.borrow_mut().rewrite_pulls = Some(PageRewrite(Rc::new(rewrite)));
+    }
+
+    /// Ends [`FakeTransport::rewrite_pulls`].
+    pub fn stop_rewriting_pulls(&self) {
+        self.net.borrow_mut().rewrite_pulls = None;
+    }
+
+    /// The page as the client reads it off the wire: as JSON text, through
+    /// the rewrite if one is set.
+    fn as_received(&self, page: &PullResponse) -> Result<PullPage, TransportFailure> {
+        let rewrite = self.net.borrow().rewrite_pulls.clone();
+        let text = match rewrite {
+            None => serde_json::to_string(page),
+            Some(PageRewrite(rewrite)) => {
+                let mut value = serde_json::to_value(page).expect("pages serialize");
+                rewrite(&mut value);
+                serde_json::to_string(&value)
+            }
+        }
+        .expect("pages serialize");
+        serde_json::from_str(&text).map_err(|e| TransportFailure::Protocol(e.to_string()))
+    }
+}
+
 impl Transport for FakeTransport {
     async fn push(&self, request: &PushRequest) -> Result<PushResponse, TransportFailure> {
         {
@@ -1046,7 +1089,7 @@ impl Transport for FakeTransport {
         answer
     }
 
-    async fn pull(&self, request: &PullRequest) -> Result<PullResponse, TransportFailure> {
+    async fn pull(&self, request: &PullRequest) -> Result<PullPage, TransportFailure> {
         self.net.borrow_mut().stats.pulls += 1;
         if let Some(failure) = self.unreachable() {
             return Err(failure);
@@ -1063,7 +1106,7 @@ impl Transport for FakeTransport {
                 // A pull changes nothing, so a duplicate is invisible, and a
                 // late answer to an abandoned request is never read.
                 Fault::Delay => Err(TransportFailure::Timeout),
-                _ => self.server.pull(&self.user, request),
+                _ => self.server.pull(&self.user, request).and_then(|page| self.as_received(&page)),
             },
         };
         self.deliver(after);

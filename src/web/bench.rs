@@ -14,9 +14,9 @@ use crate::core::model::{
     display_order, DeviceId, Id, MessageId, MessageRecord, MessageStatus, Millis, ThreadId, UserId,
 };
 use crate::core::sync::{
-    Change, MutationBody, PullResponse, PushMutation, PushRequest, ServerMessage, PROTOCOL_VERSION,
+    Change, MutationBody, PullPage, PullResponse, PushMutation, PushRequest, ServerMessage, PROTOCOL_VERSION,
 };
-use crate::engine::{random, Client, Message};
+use crate::engine::{random, Client, Feed, Message};
 use crate::ports::{Store, Write};
 use crate::web::idb::IdbStore;
 use crate::web::kek::WebCryptoKek;
@@ -239,8 +239,8 @@ impl BenchClient {
     /// with the cursor). Returns how many changes it held.
     #[wasm_bindgen(js_name = applyPull)]
     pub async fn apply_pull(&self, json: String) -> Result<u32, JsError> {
-        let page: PullResponse = serde_json::from_str(&json).map_err(js_error)?;
-        self.client.apply_page(&page, None).await.map_err(js_error)?;
+        let page: PullPage = serde_json::from_str(&json).map_err(js_error)?;
+        self.client.apply_page(&page, Feed::Main).await.map_err(js_error)?;
         Ok(page.changes.len() as u32)
     }
 
@@ -249,9 +249,9 @@ impl BenchClient {
     #[wasm_bindgen(js_name = applyPullSplit)]
     pub async fn apply_pull_split(&self, json: String) -> Result<Vec<f64>, JsError> {
         let t0 = performance_now();
-        let page: PullResponse = serde_json::from_str(&json).map_err(js_error)?;
+        let page: PullPage = serde_json::from_str(&json).map_err(js_error)?;
         let t1 = performance_now();
-        self.client.apply_page(&page, None).await.map_err(js_error)?;
+        self.client.apply_page(&page, Feed::Main).await.map_err(js_error)?;
         let t2 = performance_now();
         Ok(vec![t1 - t0, t2 - t1])
     }

@@ -86,6 +86,11 @@ export type ClientEvent =
   /** The outbox may have changed (a local write here or in another tab): read `outbox()` again. */
   | { type: "outbox" }
   | { type: "conflict"; threadId: string; messageId: string; code: "deleted_remotely" }
+  /**
+   * Pulled changes this build cannot read (a newer server's, or damaged)
+   * were set aside; the rest of their page was applied: see `quarantine()`.
+   */
+  | { type: "quarantined"; count: number }
   | { type: "version_change" }
   | { type: "leader"; leader: boolean }
   /**
@@ -109,6 +114,32 @@ export interface OutboxEntry {
   /** Why it failed, or why its last push failed while it waits to retry. */
   error: { code: DovecoteErrorCode; message: string } | null;
   createdAt: number;
+}
+
+/** A pulled change set aside (`quarantine()`). */
+export interface QuarantinedChange {
+  /** Its position in server order, when that much could be read. */
+  seq: number | null;
+  /** The thread or message it is about, when that much could be read. */
+  subject: string | null;
+  /** Why it was set aside. */
+  reason: string;
+  /** Its JSON text as it came (cut at 16 KiB). */
+  raw: string;
+  /** When it was set aside (ms since epoch). */
+  receivedAt: number;
+  /** The change reader version of the build that set it aside. */
+  reader: number;
+}
+
+/**
+ * Pulled changes set aside, oldest first: re-read when a newer build opens
+ * the database, dropped when a later change of the same thread or message
+ * arrives. At most 200 are kept; `dropped` counts those that made room.
+ */
+export interface Quarantine {
+  entries: QuarantinedChange[];
+  dropped: number;
 }
 
 /** What `importThreadInvite` resolves to. */
@@ -665,6 +696,13 @@ impl ChatClient {
     pub fn outbox(&self) -> Promise {
         let inner = self.inner.clone();
         guarded(async move { to_js(&inner.outbox().await.map_err(js_error)?) })
+    }
+
+    /// Pulled changes set aside because this build could not read them.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Quarantine>")]
+    pub fn quarantine(&self) -> Promise {
+        let inner = self.inner.clone();
+        guarded(async move { to_js(&inner.quarantine().await.map_err(js_error)?) })
     }
 
     /// Syncs now: pushes what is queued (also what waits out a backoff) and

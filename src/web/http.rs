@@ -32,7 +32,7 @@ use wasm_bindgen_futures::JsFuture;
 use crate::core::model::{Millis, ThreadId, UserId};
 use crate::core::outbox::TransportFailure;
 use crate::core::sync::{
-    ErrorBody, InviteResponse, PullRequest, PullResponse, PushRequest, PushResponse, SessionRequest,
+    ErrorBody, InviteResponse, PullPage, PullRequest, PushRequest, PushResponse, SessionRequest,
     SessionResponse, PROTOCOL_VERSION,
 };
 use crate::ports::Transport;
@@ -172,8 +172,8 @@ impl Transport for HttpTransport {
         Ok(response)
     }
 
-    async fn pull(&self, request: &PullRequest) -> Result<PullResponse, TransportFailure> {
-        let response: PullResponse = self.send("GET", &self.server.pull(request), None).await?.read()?;
+    async fn pull(&self, request: &PullRequest) -> Result<PullPage, TransportFailure> {
+        let response: PullPage = self.send("GET", &self.server.pull(request), None).await?.read()?;
         check_protocol(response.protocol)?;
         Ok(response)
     }
