@@ -138,7 +138,7 @@ async fn pushed_mutations_are_acked_pulled_back_byte_for_byte_and_applied_exactl
     assert!(!pulled.has_more);
     assert_eq!(pulled.cursor, first.acks[1].seq);
     match &pulled.changes[..] {
-        [Incoming::Valid(Change::Thread { thread: t, .. }), Incoming::Valid(Change::Message { seq, message: m })] =>
+        [Incoming::Valid(Change::Thread { thread: t, .. }, _), Incoming::Valid(Change::Message { seq, message: m }, _)] =>
         {
             assert_eq!((t.id, &t.title.0, &t.created_by), (thread, &vec![0xde, 0xad], &alice));
             assert_eq!((m.id, m.thread_id, &m.sender), (message, thread, &alice));
@@ -178,7 +178,7 @@ async fn invites_are_for_members_and_a_join_push_brings_the_thread() {
     assert_eq!(joined.acks.len(), 1, "{joined:?}");
     let pulled = bob.pull(&all(0)).await.unwrap();
     match &pulled.changes[..] {
-        [Incoming::Valid(Change::Thread { thread: t, .. })] => {
+        [Incoming::Valid(Change::Thread { thread: t, .. }, _)] => {
             assert!(t.id == thread && t.members.contains(&bob_id))
         }
         other => panic!("expected the joined thread, got {other:?}"),

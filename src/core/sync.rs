@@ -348,21 +348,34 @@ pub struct PullPage {
 }
 
 /// One change of a [`PullPage`]: read, or kept as it came with the reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Incoming {
-    /// A change this build reads.
-    Valid(Change),
+    /// A change this build reads, and its JSON text (kept in case a rule
+    /// of its page sets it aside).
+    Valid(Change, Box<serde_json::value::RawValue>),
     /// A change this build cannot read.
     Invalid(InvalidChange),
 }
 
+impl PartialEq for Incoming {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Incoming::Valid(a, _), Incoming::Valid(b, _)) => a == b,
+            (Incoming::Invalid(a), Incoming::Invalid(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Incoming {}
+
 /// A pulled change that failed to decode or validate, as it came.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidChange {
     /// Its seq, when that much could be read.
     pub seq: Option<u64>,
-    /// The thread or message it is about, when that much could be read: a
-    /// later valid change of the same one supersedes it.
+    /// The thread or message it is about, when it was read: a later valid
+    /// change of the same one supersedes it.
     pub subject: Option<String>,
     /// The change's JSON text.
     pub raw: String,
@@ -371,35 +384,33 @@ pub struct InvalidChange {
 }
 
 impl InvalidChange {
-    /// A change refused after it was read (it breaks a rule of the page).
-    pub fn refused(change: &Change, reason: String) -> Self {
-        let raw = serde_json::to_string(change).expect("changes serialize");
-        InvalidChange { seq: Some(change.seq()), subject: Some(change.subject()), raw, reason }
+    /// A change refused after it was read (it breaks a rule of its page).
+    pub fn refused(change: &Change, raw: &serde_json::value::RawValue, reason: String) -> Self {
+        InvalidChange {
+            seq: Some(change.seq()),
+            subject: Some(change.subject()),
+            raw: raw.get().into(),
+            reason,
+        }
     }
 
     /// Reads `raw` as a change: the same rules as a pulled page.
-    pub fn read(raw: &str) -> Incoming {
-        match serde_json::from_str::<Change>(raw) {
-            Ok(change) => Incoming::Valid(change),
+    pub fn read(raw: Box<serde_json::value::RawValue>) -> Incoming {
+        match serde_json::from_str::<Change>(raw.get()) {
+            Ok(change) => Incoming::Valid(change, raw),
             Err(e) => {
-                // As much of the outline as can be read, for the cursor checks
-                // and for superseding.
-                #[derive(Deserialize)]
-                struct Named {
-                    id: String,
-                }
+                // Its seq, when that much reads, to show where it was.
                 #[derive(Deserialize)]
                 struct Outline {
                     seq: Option<u64>,
-                    thread: Option<Named>,
-                    message: Option<Named>,
                 }
-                let outline = serde_json::from_str::<Outline>(raw).ok();
-                let (seq, subject) = match outline {
-                    Some(o) => (o.seq, o.message.or(o.thread).map(|n| n.id)),
-                    None => (None, None),
-                };
-                Incoming::Invalid(InvalidChange { seq, subject, raw: raw.into(), reason: e.to_string() })
+                let seq = serde_json::from_str::<Outline>(raw.get()).ok().and_then(|o| o.seq);
+                Incoming::Invalid(InvalidChange {
+                    seq,
+                    subject: None,
+                    raw: raw.get().into(),
+                    reason: e.to_string(),
+                })
             }
         }
     }
@@ -407,16 +418,19 @@ impl InvalidChange {
 
 impl<'de> Deserialize<'de> for Incoming {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = <Box<serde_json::value::RawValue>>::deserialize(d)?;
-        Ok(InvalidChange::read(raw.get()))
+        Ok(InvalidChange::read(<Box<serde_json::value::RawValue>>::deserialize(d)?))
     }
 }
 
 impl From<PullResponse> for PullPage {
     fn from(response: PullResponse) -> Self {
+        let read = |change: Change| {
+            let raw = serde_json::value::to_raw_value(&change).expect("changes serialize");
+            Incoming::Valid(change, raw)
+        };
         PullPage {
             protocol: response.protocol,
-            changes: response.changes.into_iter().map(Incoming::Valid).collect(),
+            changes: response.changes.into_iter().map(read).collect(),
             cursor: response.cursor,
             has_more: response.has_more,
         }

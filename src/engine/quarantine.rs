@@ -31,7 +31,7 @@ const MAX_RAW: usize = 16 * 1024;
 pub const CHANGE_READER: u32 = 1;
 
 /// A pulled change set aside.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QuarantinedChange {
     /// Its seq, when that much could be read.
@@ -49,8 +49,8 @@ pub struct QuarantinedChange {
 }
 
 /// The changes set aside, oldest first, and how many were dropped.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Quarantine {
     /// The changes kept.
     pub entries: Vec<QuarantinedChange>,
@@ -58,7 +58,41 @@ pub struct Quarantine {
     pub dropped: u64,
 }
 
+/// How the quarantine is stored: `[dropped, [[seq, subject, reason, raw,
+/// received_at, reader], ...]]`. Tuples, because a derived reader of a
+/// struct with named fields costs about 3 KiB of wasm each.
+#[derive(Serialize, Deserialize)]
+struct Stored(u64, Vec<StoredEntry>);
+type StoredEntry = (Option<u64>, Option<String>, String, String, Millis, u32);
+
 impl Quarantine {
+    /// Reads the stored form (see [`Stored`]).
+    pub(super) fn from_json(text: &str) -> Option<Self> {
+        let Stored(dropped, entries) = serde_json::from_str(text).ok()?;
+        let entries = entries
+            .into_iter()
+            .map(|(seq, subject, reason, raw, received_at, reader)| QuarantinedChange {
+                seq,
+                subject,
+                reason,
+                raw,
+                received_at,
+                reader,
+            })
+            .collect();
+        Some(Quarantine { entries, dropped })
+    }
+
+    /// The stored form (see [`Stored`]).
+    pub(super) fn to_json(&self) -> String {
+        let entries = self
+            .entries
+            .iter()
+            .map(|e| (e.seq, e.subject.clone(), e.reason.clone(), e.raw.clone(), e.received_at, e.reader))
+            .collect();
+        serde_json::to_string(&Stored(self.dropped, entries)).expect("the quarantine serializes")
+    }
+
     /// Sets `change` aside; the same change seen again (a page pulled twice
     /// after a crash) is kept once.
     pub fn add(&mut self, change: InvalidChange, received_at: Millis, reader: u32) {
@@ -132,6 +166,16 @@ mod tests {
         assert!(q.supersede("abc"));
         assert!(!q.supersede("abc"));
         assert_eq!(q.entries.len(), 1);
+    }
+
+    #[test]
+    fn the_stored_form_reads_back() {
+        let mut q = Quarantine::default();
+        q.add(invalid(1, "a"), 10, 1);
+        q.add(InvalidChange { seq: None, subject: None, raw: "[".into(), reason: "eof".into() }, 11, 1);
+        q.dropped = 3;
+        assert_eq!(Quarantine::from_json(&q.to_json()), Some(q));
+        assert_eq!(Quarantine::from_json("{\"entries\":[]}"), None);
     }
 
     #[test]

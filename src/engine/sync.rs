@@ -490,8 +490,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                     Feed::Retry => {}
                 }
                 if quarantine != quarantine_before {
-                    let value = serde_json::to_string(&quarantine).expect("quarantine serializes");
-                    writes.push(Write::PutMeta { key: META_QUARANTINE.into(), value });
+                    writes.push(Write::PutMeta { key: META_QUARANTINE.into(), value: quarantine.to_json() });
                 }
                 let value = serde_json::to_string(&catchup).expect("catch-up map serializes");
                 writes.push(Write::PutMeta { key: META_CATCHUP.into(), value });
@@ -527,8 +526,8 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         let mut aside = Vec::new();
         let mut last = from;
         for incoming in &page.changes {
-            let change = match incoming {
-                Incoming::Valid(change) => change,
+            let (change, raw) = match incoming {
+                Incoming::Valid(change, raw) => (change, raw),
                 Incoming::Invalid(invalid) => {
                     aside.push(invalid.clone());
                     continue;
@@ -551,7 +550,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                 None
             };
             match reason {
-                Some(reason) => aside.push(InvalidChange::refused(change, reason)),
+                Some(reason) => aside.push(InvalidChange::refused(change, raw, reason)),
                 None => {
                     last = seq;
                     valid.push(change.clone());
@@ -565,7 +564,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
     pub async fn quarantine(&self) -> Result<Quarantine> {
         match self.store.meta(META_QUARANTINE).await? {
             None => Ok(Quarantine::default()),
-            Some(text) => serde_json::from_str(&text).map_err(|_| corrupt(META_QUARANTINE, &text)),
+            Some(text) => Quarantine::from_json(&text).ok_or_else(|| corrupt(META_QUARANTINE, &text)),
         }
     }
 
@@ -578,7 +577,8 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             .entries
             .iter()
             .filter(|e| e.reader < reader)
-            .map(|e| InvalidChange::read(&e.raw))
+            .filter_map(|e| serde_json::value::RawValue::from_string(e.raw.clone()).ok())
+            .map(InvalidChange::read)
             .collect();
         if changes.is_empty() {
             return Ok(());
