@@ -12,6 +12,8 @@ import type {
   MessageStatus,
   OpenOptions,
   OutboxEntry,
+  Quarantine,
+  QuarantinedChange,
   PageOptions,
   SyncState,
   Thread,
@@ -49,6 +51,9 @@ export async function everyCall(bytes: ArrayBuffer): Promise<void> {
   await client.cancel(sent.id);
   const outbox: OutboxEntry[] = await client.outbox();
   const firstError: DovecoteErrorCode | undefined = outbox[0]?.error?.code;
+  const quarantine: Quarantine = await client.quarantine();
+  const aside: QuarantinedChange | undefined = quarantine.entries[0];
+  console.log(quarantine.dropped, aside?.seq, aside?.subject, aside?.reason, aside?.raw, aside?.receivedAt, aside?.reader);
 
   const stop: () => void = client.subscribe(thread.id, (change: ThreadChange) => {
     for (const m of change.messages) describeStatus(m.status);
@@ -66,6 +71,9 @@ export async function everyCall(bytes: ArrayBuffer): Promise<void> {
         break;
       case "leader":
         console.log(event.leader);
+        break;
+      case "quarantined":
+        console.log(event.count satisfies number);
         break;
       case "threads":
       case "outbox":
