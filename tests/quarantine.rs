@@ -14,6 +14,7 @@ use std::task::{Context, Poll, Waker};
 
 use dovecote::core::keys::Kek;
 use dovecote::core::model::{MessageId, Millis, ThreadId, UserId};
+use dovecote::core::sync::ServerEvent;
 use dovecote::engine::{Client, ClientEvent, SyncState, CHANGE_READER};
 use dovecote::ports::{Clock, Transport};
 use dovecote::testing::{FakeServer, FakeTransport, MemoryStore};
@@ -217,4 +218,30 @@ fn a_change_an_older_build_could_not_read_is_applied_after_the_upgrade() {
     assert!(run(new.quarantine()).unwrap().entries.is_empty());
     // The pulled message of that thread was applied all along.
     assert_eq!(run(new.messages(thread, None, 10)).unwrap().len(), 1);
+}
+
+#[test]
+fn unknown_fields_in_known_changes_and_events_are_ignored() {
+    // Forward compatibility: a newer server may add fields anywhere.
+    let w = World::new();
+    w.bob_net.rewrite_pulls(|page| {
+        page["served_by"] = json!("a newer server");
+        for change in page["changes"].as_array_mut().unwrap() {
+            change["origin"] = json!({"region": "eu"});
+            if let Some(message) = change.get_mut("message") {
+                message["reactions"] = json!([{"by": "carol", "emoji": "+1"}]);
+            }
+            if let Some(thread) = change.get_mut("thread") {
+                thread["topic"] = json!(null);
+            }
+        }
+    });
+    w.alice_sends(&["one", "two"]);
+    w.bob_round();
+    assert_eq!(w.bob_sees(), ["one", "two"]);
+    assert!(run(w.bob.quarantine()).unwrap().entries.is_empty());
+
+    let event: ServerEvent =
+        serde_json::from_str(r#"{"type": "poke", "cursor": 7, "reason": "push", "instance": 2}"#).unwrap();
+    assert_eq!(event, ServerEvent::Poke { cursor: 7 });
 }
