@@ -90,6 +90,29 @@ function showConnection() {
   box.textContent = `${SYNC_LABELS[sync.state] ?? sync.state}${why}${waiting}${failed}`;
 }
 
+/** The time of the last round that left the client up to date (this tab's clock). */
+function showSynced() {
+  const box = $("synced");
+  box.hidden = false;
+  box.textContent = `Last synced ${new Date().toLocaleTimeString()}`;
+}
+
+/** Changes from the server this version could not read, set aside (client.quarantine()). */
+async function refreshQuarantine() {
+  const { entries, dropped } = await client.quarantine();
+  const box = $("quarantine");
+  const count = entries.length + dropped;
+  box.hidden = count === 0;
+  box.querySelector("summary").textContent = `${count} change${count === 1 ? "" : "s"} from the server could not be read and ${count === 1 ? "was" : "were"} set aside`;
+  box.querySelector("ul").replaceChildren(
+    ...entries.map((e) => {
+      const li = document.createElement("li");
+      li.textContent = `#${e.seq ?? "?"}: ${e.reason}`;
+      return li;
+    }),
+  );
+}
+
 async function refreshOutbox() {
   const entries = await client.outbox();
   const failed = entries.filter((e) => e.state === "failed").length;
@@ -410,6 +433,7 @@ async function signIn(user) {
       $("connection").dataset.retrying = String(retrying);
       if (!retrying) sync = event;
       showConnection();
+      if (event.state === "idle") showSynced();
     } else if (event.type === "status") {
       refreshOutbox().catch(() => {});
       const s = event.message.status;
@@ -420,6 +444,8 @@ async function signIn(user) {
       if (current && [...shown.values()].some((m) => m.undecryptable)) openThread(current).catch(showError);
     } else if (event.type === "conflict") {
       $("announce").textContent = "Your edit was dropped: the message was deleted on another device.";
+    } else if (event.type === "quarantined") {
+      refreshQuarantine().catch(() => {});
     } else if (event.type === "leader") {
       $("connection").title = event.leader ? "This tab syncs for all open tabs" : "Another open tab syncs for this one";
     } else if (event.type === "version_change") {
@@ -432,6 +458,7 @@ async function signIn(user) {
   $("sign-out").hidden = false;
   $("whoami").textContent = `Signed in as ${user}`;
   await refreshOutbox();
+  await refreshQuarantine();
   await renderThreads();
   const last = localStorage.getItem(`dovecote-demo-thread:${me}`);
   const thread = (await client.threads()).find((t) => t.id === last);
@@ -491,6 +518,8 @@ function wire() {
 /** The sign-in form; `invite` says whether the page was opened by an invite link. */
 function askForName(invite) {
   $("connection").hidden = true;
+  $("synced").hidden = true;
+  $("quarantine").hidden = true;
   $("invite-note").hidden = !invite;
   $("sign-in-view").hidden = false;
   $("user-name").focus();

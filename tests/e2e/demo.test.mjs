@@ -367,6 +367,53 @@ test("a message under a key Bob lacks shows as undecryptable with its reason; a 
   }
 });
 
+test("a change from the server this version cannot read is shown as set aside, the rest arrives; the header says when it last synced", { timeout: 300_000 }, async () => {
+  const server = await startServer();
+  const alice = await profile(`${server.url}/www/`);
+  let bob;
+  try {
+    const a = alice.page;
+    await signIn(a, "alice");
+    await createThread(a, "Mixed versions");
+    await send(a, "Readable");
+    await send(a, "From the future");
+    await send(a, "Readable too");
+    await waitFor(a, "Readable too", "sent");
+    await a.waitForFunction(() => /^Last synced \S/.test(document.querySelector("#synced").textContent), null, WAIT);
+    const link = await inviteLink(a);
+
+    // Bob's first page of messages comes from "a newer server": its second message is of a type this build does not know.
+    bob = await profile(link);
+    const b = bob.page;
+    let altered = false;
+    await b.route("**/v1/pull*", async (route) => {
+      const response = await route.fetch();
+      const page = await response.json();
+      const messages = page.changes.filter((c) => c.type === "message");
+      if (!altered && messages.length === 3) {
+        messages[1].type = "poll";
+        altered = true;
+      }
+      await route.fulfill({ response, json: page });
+    });
+    await signIn(b, "bob");
+    await waitFor(b, "Readable too", "sent");
+    await b.waitForSelector("#quarantine:not([hidden])", WAIT);
+    assert.equal(altered, true);
+    assert.equal(await b.textContent("#quarantine summary"), "1 change from the server could not be read and was set aside");
+    assert.match(await b.textContent("#quarantine li"), /^#\d+: .*unknown variant `poll`/);
+    assert.deepEqual(await shown(b), ["sent|alice|Readable", "sent|alice|Readable too"]);
+    await b.getByText(/could not be read/).click();
+    await b.screenshot({ path: `${shots}demo-quarantine.png` });
+    await b.unrouteAll({ behavior: "ignoreErrors" });
+    assert.deepEqual(bob.errors, []);
+  } finally {
+    await bob?.context.close();
+    await alice.context.close();
+    await server.stop();
+  }
+});
+
 test("a message the server refuses shows failed with Retry and Cancel; Cancel withdraws it", { timeout: 300_000 }, async () => {
   // A request body limit that one long message exceeds: the server answers 413 for good.
   const server = await startServer({ args: ["--body-limit", "8192"] });
