@@ -26,6 +26,11 @@ export async function startServer({ dir, port = 0, args = [], devSignIn = true, 
   const child = spawn(bin, [...base, ...auth, ...args], {
     stdio: ["ignore", "pipe", process.env.DOVECOTE_SERVER_LOG ? "inherit" : "ignore"],
   });
+  // A test file that ends by process.exit() (engines.test.mjs, when a
+  // browser's clean-up hangs) must not leave its server running.
+  const reap = () => child.kill("SIGKILL");
+  process.on("exit", reap);
+  child.once("exit", () => process.off("exit", reap));
   const url = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("server did not start in 10 s")), 10_000);
     child.once("exit", (code) => reject(new Error(`server exited with ${code}`)));
