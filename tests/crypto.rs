@@ -13,7 +13,9 @@ use std::time::Instant;
 use aes_gcm::aead::{Aead, KeyInit, Nonce, Payload};
 use aes_gcm::Aes256Gcm;
 use dovecote::core::envelope::{
-    Aad, Envelope, OpenError, SealError, SealKind, AAD_LABEL, ENVELOPE_VERSION, HEADER_LEN, MIN_ENVELOPE_LEN,
+    padded_len, Aad, Envelope, OpenError, SealError, SealKind, AAD_LABEL, AAD_LABEL_V2, COMPRESS_ABOVE,
+    ENVELOPE_V1, ENVELOPE_VERSION, FLAG_LZ4, HEADER_LEN, INNER_PREFIX_LEN, MAX_OPENED_LEN, MIN_ENVELOPE_LEN,
+    MIN_PADDED_LEN,
 };
 use dovecote::core::keys::{
     kek_aad, Invite, Kek, KeyError, KeyId, KeyRing, ThreadKey, INVITE_VERSION, KEY_ID_LEN, KEY_LEN,
@@ -111,7 +113,12 @@ fn bodies_of_every_shape_come_back_exactly_as_written() {
     for (n, body) in bodies.iter().enumerate() {
         let aad = Aad::message(t, message(n as u8), &alice, SealKind::Send);
         let envelope = ring.seal(&aad, body).unwrap();
-        assert_eq!(envelope.0.len(), HEADER_LEN + body.len() + TAG_LEN, "body {n}");
+        let inner_len = envelope.0.len() - HEADER_LEN - TAG_LEN;
+        if body.len() <= COMPRESS_ABOVE {
+            assert_eq!(inner_len, padded_len(INNER_PREFIX_LEN + body.len()), "body {n}");
+        } else {
+            assert!(inner_len < body.len() / 10, "64 KiB of one letter is compressed: {inner_len}");
+        }
         assert_eq!(ring.open(&aad, &envelope).unwrap(), *body, "body {n}");
         if body.len() >= 8 {
             // The server sees this: no run of the plaintext may show through.
@@ -151,7 +158,7 @@ fn envelope_bytes_are_version_key_id_random_nonce_ciphertext_tag() {
     let b = ring.seal(&aad, b"same text").unwrap();
 
     assert_eq!(a.0[0], ENVELOPE_VERSION);
-    assert_eq!(ENVELOPE_VERSION, 1);
+    assert_eq!(ENVELOPE_VERSION, 2);
     assert_eq!(&a.0[1..9], &key_id.0);
     assert_eq!(a.key_id(), Ok(key_id));
     assert_eq!(HEADER_LEN, 1 + KEY_ID_LEN + NONCE_LEN);
@@ -210,6 +217,278 @@ fn independently_built_envelope_opens_so_the_format_is_pinned() {
     let mut ring = KeyRing::new();
     ring.insert(t, ThreadKey::from_parts(key_id, secret), 0, true).unwrap();
     assert_eq!(ring.open(&rust_aad, &Envelope(bytes)).unwrap(), b"pinned format");
+}
+
+/// A v2 envelope built by hand, with aes-gcm directly, around `inner` (so
+/// tests can make inners the SDK never would).
+fn seal_v2_by_hand(
+    secret: &[u8; KEY_LEN],
+    key_id: KeyId,
+    nonce: [u8; NONCE_LEN],
+    aad: &Aad<'_>,
+    inner: &[u8],
+) -> Envelope {
+    let mut bytes = vec![2u8];
+    bytes.extend_from_slice(&key_id.0);
+    bytes.extend_from_slice(&nonce);
+    let mut aad_bytes = Vec::new();
+    let sender = aad.sender.as_str().as_bytes();
+    for field in [
+        &b"dovecote/v2"[..],
+        &bytes,
+        &aad.thread_id.0.to_bytes(),
+        &aad.message_id.to_bytes(),
+        sender,
+        &[aad.kind.to_byte()],
+    ] {
+        aad_bytes.extend_from_slice(&(field.len() as u64).to_be_bytes());
+        aad_bytes.extend_from_slice(field);
+    }
+    assert_eq!(aad.to_bytes_v2(&bytes), aad_bytes);
+    let cipher = Aes256Gcm::new(secret.into());
+    let sealed =
+        cipher.encrypt(&Nonce::<Aes256Gcm>::from(nonce), Payload { msg: inner, aad: &aad_bytes }).unwrap();
+    bytes.extend_from_slice(&sealed);
+    Envelope(bytes)
+}
+
+/// `flags ‖ len ‖ content ‖ zeros` padded to `padded` bytes.
+fn inner(flags: u8, content: &[u8], padded: usize) -> Vec<u8> {
+    let mut inner = vec![flags];
+    inner.extend_from_slice(&(content.len() as u32).to_be_bytes());
+    inner.extend_from_slice(content);
+    inner.resize(padded, 0);
+    inner
+}
+
+/// Pins the v2 layout: a hand-built envelope (header in the AAD, inner
+/// padded to its PADMÉ bucket) opens, and the ring's own has the same shape.
+#[test]
+fn independently_built_v2_envelope_opens_so_the_format_is_pinned() {
+    let t = thread(4);
+    let m = message(4);
+    let sender = user("carol");
+    let secret = [0x42u8; KEY_LEN];
+    let key_id = KeyId(*b"keyid-02");
+    let aad = Aad::message(t, m, &sender, SealKind::Send);
+    assert_eq!(AAD_LABEL_V2, b"dovecote/v2");
+    let text = b"pinned v2 format";
+    let envelope = seal_v2_by_hand(&secret, key_id, [9; NONCE_LEN], &aad, &inner(0, text, MIN_PADDED_LEN));
+
+    let mut ring = KeyRing::new();
+    ring.insert(t, ThreadKey::from_parts(key_id, secret), 0, true).unwrap();
+    assert_eq!(ring.open(&aad, &envelope).unwrap(), text);
+    let own = ring.seal(&aad, text).unwrap();
+    assert_eq!(own.0.len(), envelope.0.len());
+    assert_eq!(own.0[0], 2);
+}
+
+/// Envelopes sealed by the v1 build (tests/fixtures/envelopes_v1.json, made
+/// with the release before envelope v2) open with this one.
+#[test]
+fn v1_envelopes_written_by_the_previous_release_still_open() {
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/envelopes_v1.json")).unwrap();
+    let t: ThreadId = serde_json::from_value(fixture["thread_id"].clone()).unwrap();
+    let m: MessageId = serde_json::from_value(fixture["message_id"].clone()).unwrap();
+    let sender = user(fixture["sender"].as_str().unwrap());
+    let key_id = KeyId(fixture["key_id"].as_str().unwrap().as_bytes().try_into().unwrap());
+    let secret = [fixture["key_byte"].as_u64().unwrap() as u8; KEY_LEN];
+    let mut ring = KeyRing::new();
+    ring.insert(t, ThreadKey::from_parts(key_id, secret), 0, true).unwrap();
+    let envelopes = fixture["envelopes"].as_array().unwrap();
+    assert_eq!(envelopes.len(), 3);
+    for case in envelopes {
+        let envelope: Envelope = serde_json::from_value(case["envelope"].clone()).unwrap();
+        assert_eq!(envelope.0[0], ENVELOPE_V1);
+        let kind = match case["kind"].as_str().unwrap() {
+            "ThreadTitle" => SealKind::ThreadTitle,
+            "Send" => SealKind::Send,
+            _ => SealKind::Edit,
+        };
+        let aad = if kind == SealKind::ThreadTitle {
+            Aad::thread_title(t, &sender)
+        } else {
+            Aad::message(t, m, &sender, kind)
+        };
+        assert_eq!(ring.open(&aad, &envelope).unwrap(), case["plaintext"].as_str().unwrap().as_bytes());
+        // Moved to another kind, a v1 envelope is still refused.
+        let moved = Aad { kind: if kind == SealKind::Edit { SealKind::Send } else { SealKind::Edit }, ..aad };
+        assert_eq!(ring.open(&moved, &envelope), Err(OpenError::Tampered));
+    }
+}
+
+/// The header is authenticated: even when the ring holds the same secret
+/// under every key id a flip can make (which v1 could not tell apart), and
+/// with a downgrade to v1, no header flip opens.
+#[test]
+fn flipping_any_header_byte_of_a_v2_envelope_makes_it_tampered() {
+    let t = thread(4);
+    let alice = user("alice");
+    let secret = [0x24u8; KEY_LEN];
+    let key_id = KeyId(*b"header-k");
+    let mut ring = KeyRing::new();
+    ring.insert(t, ThreadKey::from_parts(key_id, secret), 0, true).unwrap();
+    for pos in 0..KEY_ID_LEN {
+        for bit in 0..8 {
+            let mut flipped = key_id.0;
+            flipped[pos] ^= 1 << bit;
+            ring.insert(t, ThreadKey::from_parts(KeyId(flipped), secret), 0, false).unwrap();
+        }
+    }
+    let aad = Aad::message(t, message(1), &alice, SealKind::Send);
+    let envelope = ring.seal(&aad, b"the header is sealed too").unwrap();
+    for pos in 0..HEADER_LEN {
+        for bit in 0..8 {
+            let mut bytes = envelope.0.clone();
+            bytes[pos] ^= 1 << bit;
+            let expected = match (pos, bytes[0]) {
+                (0, ENVELOPE_V1) => OpenError::Tampered,
+                (0, v) => OpenError::UnknownVersion(v),
+                _ => OpenError::Tampered,
+            };
+            assert_eq!(ring.open(&aad, &Envelope(bytes)), Err(expected), "byte {pos} bit {bit}");
+        }
+    }
+    let mut downgraded = envelope.0.clone();
+    downgraded[0] = ENVELOPE_V1;
+    assert_eq!(ring.open(&aad, &Envelope(downgraded)), Err(OpenError::Tampered));
+    assert!(ring.open(&aad, &envelope).is_ok());
+}
+
+#[test]
+fn a_60_kib_compressible_body_is_sealed_under_10_kib_and_random_bytes_are_not_compressed() {
+    let t = thread(4);
+    let alice = user("alice");
+    let (mut ring, _) = ring_with_new_key(t);
+    let aad = Aad::message(t, message(1), &alice, SealKind::Send);
+    // A quoted thread pasted back, numbered: 60 KiB of text.
+    let mut text = String::new();
+    let mut n = 0u64;
+    while text.len() < 60 * 1024 {
+        text.push_str(&format!(
+            "> {n}: Are we still on for lunch tomorrow? I can book the place by the river at 12:30.\n"
+        ));
+        n += 1;
+    }
+    let envelope = ring.seal(&aad, text.as_bytes()).unwrap();
+    assert!(envelope.0.len() < 10 * 1024, "60 KiB paste sealed to {} bytes", envelope.0.len());
+    assert_eq!(ring.open(&aad, &envelope).unwrap(), text.as_bytes());
+    // A log with a timestamp and counter on every line: LZ4 still takes it
+    // under a fifth (deflate would take it to 5.5 KiB: docs/security.md).
+    let mut log = String::new();
+    while log.len() < 60 * 1024 {
+        log.push_str(&format!(
+            "2026-12-02T21:{:02}:{:02} INFO sync round {n} pushed 3 pulled 50\n",
+            n / 60 % 60,
+            n % 60
+        ));
+        n += 1;
+    }
+    let envelope = ring.seal(&aad, log.as_bytes()).unwrap();
+    eprintln!(
+        "60 KiB paste and log sealed to {} and {} bytes",
+        ring.seal(&aad, text.as_bytes()).unwrap().0.len(),
+        envelope.0.len()
+    );
+    assert!(envelope.0.len() < log.len() / 5, "60 KiB log sealed to {} bytes", envelope.0.len());
+    assert_eq!(ring.open(&aad, &envelope).unwrap(), log.as_bytes());
+
+    let mut rng = Rng(0x5eed_0003);
+    let noise = rng.bytes(COMPRESS_ABOVE + 1000);
+    let sealed = ring.seal(&aad, &noise).unwrap();
+    assert_eq!(sealed.0.len(), HEADER_LEN + padded_len(INNER_PREFIX_LEN + noise.len()) + TAG_LEN);
+    assert_eq!(ring.open(&aad, &sealed).unwrap(), noise);
+    assert_eq!(ring.seal(&aad, &vec![b'a'; MAX_OPENED_LEN + 1]), Err(SealError::TooLarge));
+}
+
+/// Authentic envelopes whose inner is not what a correct sealer writes: a
+/// compressed body declaring more than the limit is refused before any
+/// allocation; a block that expands past its declared length, unknown flags,
+/// bad lengths and non-zero or wrong-size padding are malformed.
+#[test]
+fn decompression_bombs_and_malformed_inners_are_refused() {
+    let t = thread(4);
+    let alice = user("alice");
+    let secret = [0x33u8; KEY_LEN];
+    let key_id = KeyId(*b"bomb-key");
+    let mut ring = KeyRing::new();
+    ring.insert(t, ThreadKey::from_parts(key_id, secret), 0, true).unwrap();
+    let aad = Aad::message(t, message(1), &alice, SealKind::Send);
+    let seal = |inner: &[u8]| seal_v2_by_hand(&secret, key_id, [5; NONCE_LEN], &aad, inner);
+    let lz4 = |declared: u32, plain: &[u8]| {
+        let mut content = declared.to_be_bytes().to_vec();
+        content.extend_from_slice(&lz4_flex::block::compress(plain));
+        content
+    };
+    let padded = |content: &[u8]| inner(FLAG_LZ4, content, padded_len(INNER_PREFIX_LEN + content.len()));
+
+    // A well-formed compressed inner opens (the bomb cases differ only in
+    // what they declare).
+    let zeros = vec![0u8; MAX_OPENED_LEN];
+    assert_eq!(ring.open(&aad, &seal(&padded(&lz4(MAX_OPENED_LEN as u32, &zeros)))).unwrap(), zeros);
+    // 1 GiB of zeros declared, a few hundred bytes sent.
+    let bomb = lz4(1 << 30, &vec![0u8; MAX_OPENED_LEN + 1]);
+    assert!(bomb.len() < 1024);
+    assert_eq!(ring.open(&aad, &seal(&padded(&bomb))), Err(OpenError::TooLarge));
+    // Declares the limit, expands past it.
+    let liar = lz4(MAX_OPENED_LEN as u32, &vec![0u8; MAX_OPENED_LEN + 1]);
+    assert_eq!(ring.open(&aad, &seal(&padded(&liar))), Err(OpenError::Malformed));
+    // Declares more than it expands to.
+    let short = lz4(1000, &[7u8; 999]);
+    assert_eq!(ring.open(&aad, &seal(&padded(&short))), Err(OpenError::Malformed));
+    // Garbage as a block.
+    let garbage = [&100u32.to_be_bytes()[..], &[0xff; 40]].concat();
+    assert_eq!(ring.open(&aad, &seal(&padded(&garbage))), Err(OpenError::Malformed));
+
+    let text = b"hello";
+    let bucket = padded_len(INNER_PREFIX_LEN + text.len());
+    assert!(ring.open(&aad, &seal(&inner(0, text, bucket))).is_ok());
+    assert_eq!(ring.open(&aad, &seal(&inner(2, text, bucket))), Err(OpenError::Malformed), "unknown flag");
+    assert_eq!(
+        ring.open(&aad, &seal(&inner(0, text, bucket + 1))),
+        Err(OpenError::Malformed),
+        "past the bucket"
+    );
+    assert_eq!(
+        ring.open(&aad, &seal(&inner(0, text, INNER_PREFIX_LEN + text.len()))),
+        Err(OpenError::Malformed),
+        "unpadded"
+    );
+    let mut dirty = inner(0, text, bucket);
+    *dirty.last_mut().unwrap() = 1;
+    assert_eq!(ring.open(&aad, &seal(&dirty)), Err(OpenError::Malformed), "non-zero padding");
+    let mut overlong = inner(0, text, bucket);
+    overlong[1..5].copy_from_slice(&(bucket as u32).to_be_bytes());
+    assert_eq!(ring.open(&aad, &seal(&overlong)), Err(OpenError::Malformed), "length past the end");
+    for cut in 0..INNER_PREFIX_LEN {
+        assert_eq!(ring.open(&aad, &seal(&inner(0, b"", MIN_PADDED_LEN)[..cut])), Err(OpenError::Malformed));
+    }
+}
+
+/// PADMÉ: every size maps to a bucket at least as large, buckets are fixed
+/// points, monotone, and cost at most 12% (6.25% from 1 KiB); the number of
+/// distinct sizes the server can see is small.
+#[test]
+fn padded_sizes_fall_into_few_buckets() {
+    let mut buckets = HashSet::new();
+    let mut last = 0;
+    for len in 0..=MAX_OPENED_LEN + INNER_PREFIX_LEN + 4 {
+        let padded = padded_len(len);
+        assert!(padded >= len.max(MIN_PADDED_LEN));
+        assert!(padded >= last, "monotone at {len}");
+        assert_eq!(padded_len(padded), padded, "a bucket is its own bucket");
+        if len > MIN_PADDED_LEN {
+            let cost = (padded - len) as f64 / len as f64;
+            assert!(cost <= 0.12, "{len} -> {padded}");
+            assert!(len < 1024 || cost <= 0.0625, "{len} -> {padded}");
+        }
+        buckets.insert(padded);
+        last = padded;
+    }
+    assert_eq!(padded_len(0), MIN_PADDED_LEN);
+    eprintln!("{} buckets up to {} bytes", buckets.len(), MAX_OPENED_LEN);
+    assert!(buckets.len() < 600, "{} buckets", buckets.len());
 }
 
 #[test]

@@ -127,6 +127,8 @@ const REASONS = {
   tampered: "it was altered after it was sealed",
   unknown_version: "it uses a format this version does not know",
   truncated: "it is cut short",
+  malformed: "the sender's app sealed it wrongly",
+  too_large: "it would open to more than 64 KiB",
   invalid_utf8: "its text is not valid UTF-8",
 };
 

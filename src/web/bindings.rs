@@ -180,7 +180,7 @@ export interface Message {
   /** The text; null when deleted or undecryptable. */
   body: string | null;
   /** Why the body could not be decrypted (a reason code), else null. */
-  undecryptable: "truncated" | "unknown_version" | "key_missing" | "tampered" | "invalid_utf8" | null;
+  undecryptable: "truncated" | "unknown_version" | "key_missing" | "tampered" | "malformed" | "too_large" | "invalid_utf8" | null;
   /** Server order; null until sent. */
   seq: number | null;
   /** When it was written (ms since epoch, sender's clock). */
@@ -197,7 +197,7 @@ export interface Thread {
   id: string;
   /** The title; null when undecryptable. */
   title: string | null;
-  undecryptable: "truncated" | "unknown_version" | "key_missing" | "tampered" | "invalid_utf8" | null;
+  undecryptable: "truncated" | "unknown_version" | "key_missing" | "tampered" | "malformed" | "too_large" | "invalid_utf8" | null;
   members: string[];
   createdBy: string;
   createdAt: number;
