@@ -159,4 +159,16 @@ pub trait Transport {
     /// `POST /v1/threads/{id}/invites`: a server invite token for a thread
     /// the user belongs to.
     async fn create_invite(&self, thread: ThreadId) -> Result<InviteResponse, TransportFailure>;
+    /// Bytes of request and response bodies exchanged so far, failed
+    /// exchanges included (the round metrics take differences).
+    fn traffic(&self) -> Traffic;
+}
+
+/// Body bytes a [`Transport`] sent and received.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Request bodies.
+    pub up: u64,
+    /// Response bodies.
+    pub down: u64,
 }

@@ -280,3 +280,95 @@ fn an_edit_made_while_an_older_edit_is_in_flight_does_not_report_an_error_it_did
     assert_eq!(shown.body.as_deref(), Some("third"), "the edit was stored");
     assert!(edited.is_ok(), "yet edit() said {:?}", edited.err());
 }
+
+/// Issue 16 metrics: a known sequence of sends, an edit, pulls, a lost
+/// answer and a refusal gives exactly these round events and totals.
+#[test]
+fn round_events_and_sync_stats_count_exactly_what_the_rounds_did() {
+    use dovecote::engine::{ClientEvent, Ratio, RoundStats};
+    use std::cell::RefCell;
+
+    let mut w = World::new();
+    let events: Rc<RefCell<Vec<ClientEvent>>> = Rc::default();
+    let seen = events.clone();
+    w.alice.on_event(move |e| seen.borrow_mut().push(e.clone()));
+    let rounds = || -> Vec<RoundStats> {
+        events
+            .borrow()
+            .iter()
+            .filter_map(|e| if let ClientEvent::Round { round } = e { Some(round.clone()) } else { None })
+            .collect()
+    };
+    let before = w.alice.sync_stats();
+    assert_eq!(before.round_count, 1, "the round that pushed the thread");
+    assert_eq!(before.rounds[0].pushed, 1);
+
+    // Three sends and an edit of a queued one (it rewrites the send): one
+    // push of 3, and the 3 changes come back.
+    let ids: Vec<MessageId> = (0..3).map(|n| w.send(&format!("m{n}"))).collect();
+    run(w.alice.edit(ids[0], "m0 edited")).unwrap();
+    w.clock.0.set(w.clock.0.get() + 25);
+    w.round();
+    let r = rounds();
+    assert_eq!(r.len(), 1);
+    let first = &r[0];
+    assert_eq!((first.pushed, first.pulled, first.retries, first.errors, first.conflicts), (3, 3, 0, 0, 0));
+    assert_eq!(first.started_at, T0 + 25);
+    assert!(first.bytes_up > 3 * 69 && first.bytes_down > 3 * 69, "{first:?}");
+    assert_eq!(first.compression_ratio, Some(Ratio(1000)), "small bodies are not compressed");
+    // An edit of a sent message: its own mutation.
+    run(w.alice.edit(ids[1], "m1 edited")).unwrap();
+    w.round();
+    let edit = rounds()[1].clone();
+    assert_eq!((edit.pushed, edit.pulled, edit.errors), (1, 1, 0));
+
+    // Nothing to do: a pull with no body up, nothing sealed.
+    w.round();
+    let idle = rounds()[2].clone();
+    assert_eq!((idle.pushed, idle.pulled, idle.bytes_up, idle.errors), (0, 0, 0, 0));
+    assert!(idle.bytes_down > 0, "the empty page still came");
+    assert_eq!(idle.compression_ratio, None);
+
+    // A lost answer: the round fails (1 error); the retry pushes it again.
+    w.send("lost answer");
+    w.lose_next_answer();
+    w.round();
+    let lost = rounds()[3].clone();
+    assert_eq!((lost.pushed, lost.pulled, lost.retries, lost.errors), (1, 0, 0, 1));
+    let offline = events.borrow().iter().rev().find_map(|e| match e {
+        ClientEvent::Sync { pending, failed, last_synced_at, .. } => {
+            Some((*pending, *failed, *last_synced_at))
+        }
+        _ => None,
+    });
+    assert_eq!(
+        offline,
+        Some((1, 0, Some(T0 + 25))),
+        "the sync event after the failure: one pending, last sync before it"
+    );
+    w.heal();
+    w.round();
+    let retried = rounds()[4].clone();
+    assert_eq!((retried.pushed, retried.pulled, retried.retries, retried.errors), (1, 1, 1, 0));
+
+    // A refusal: an error, a failed row, and the round itself succeeds.
+    w.send(&oversized());
+    w.round();
+    let refused = rounds()[5].clone();
+    assert_eq!((refused.pushed, refused.pulled, refused.retries, refused.errors), (1, 0, 0, 1));
+    let status = run(w.alice.sync_status()).unwrap();
+    assert_eq!((status.pending, status.failed, status.quarantined), (0, 1, 0));
+    assert_eq!(status.cursor, w.server.last_seq());
+    assert_eq!(status.last_synced_at, Some(w.clock.0.get()));
+
+    let stats = w.alice.sync_stats();
+    let all: Vec<RoundStats> = stats.rounds.iter().skip(1).cloned().collect();
+    assert_eq!(all, rounds(), "syncStats() keeps the rounds the events told");
+    let t = &stats.totals;
+    assert_eq!((stats.round_count, stats.failed_rounds), (7, 1));
+    assert_eq!((t.pushed, t.pulled, t.retries, t.errors, t.conflicts), (8, 6, 1, 2, 0));
+    assert_eq!(t.started_at, T0);
+    assert_eq!(t.compression_ratio, Some(Ratio(1000)));
+    let up: u64 = stats.rounds.iter().map(|r| r.bytes_up).sum();
+    assert_eq!(t.bytes_up, up);
+}

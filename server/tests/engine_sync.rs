@@ -17,7 +17,7 @@ use dovecote::core::sync::{
     Change, ErrorBody, InviteResponse, PullPage, PullRequest, PushRequest, PushResponse,
 };
 use dovecote::engine::{Client, ClientEvent, Message, SyncState};
-use dovecote::ports::{Store, Transport};
+use dovecote::ports::{Store, Traffic, Transport};
 use dovecote::testing::{ManualClock, MemoryStore};
 use hyper::Method;
 
@@ -31,6 +31,7 @@ struct Net {
     lose_answers: Cell<u32>,
     /// The server is "down": every request fails before it leaves.
     down: Cell<bool>,
+    traffic: Cell<Traffic>,
 }
 
 impl Net {
@@ -40,6 +41,7 @@ impl Net {
             token: RefCell::new(http.session(user).await),
             lose_answers: Cell::new(0),
             down: Cell::new(false),
+            traffic: Cell::default(),
         }
     }
 
@@ -53,11 +55,16 @@ impl Net {
             return Err(TransportFailure::Network);
         }
         let token = self.token.borrow().clone();
+        let up = body.as_ref().map_or(0, |b| b.len() as u64);
+        let traffic = self.traffic.get();
+        self.traffic.set(Traffic { up: traffic.up + up, ..traffic });
         let reply = self
             .http
             .try_request(method, path, Some(&token), body)
             .await
             .map_err(|_| TransportFailure::Network)?;
+        let traffic = self.traffic.get();
+        self.traffic.set(Traffic { down: traffic.down + reply.body.len() as u64, ..traffic });
         if !reply.status.is_success() {
             let retry_after = reply
                 .headers
@@ -95,6 +102,10 @@ impl Transport for Net {
         thread: dovecote::core::model::ThreadId,
     ) -> Result<InviteResponse, TransportFailure> {
         self.call(Method::POST, &format!("/v1/threads/{thread}/invites"), Some(Vec::new())).await
+    }
+
+    fn traffic(&self) -> Traffic {
+        self.traffic.get()
     }
 }
 

@@ -256,7 +256,7 @@ pub enum SealError {
     #[error("key {0} is used up; rotate the thread key")]
     KeyExhausted(KeyId),
     /// The platform's secure random source failed.
-    #[error("secure random numbers are unavailable: {0}")]
+    #[error("secure random numbers are unavailable")]
     Random(getrandom::Error),
     /// A payload over [`MAX_OPENED_LEN`]: no member could open it.
     #[error("payload too large to encrypt")]
@@ -338,7 +338,7 @@ impl KeyRing {
         bytes.push(ENVELOPE_VERSION);
         bytes.extend_from_slice(&key_id.to_bytes());
         bytes.extend_from_slice(&nonce);
-        write_inner(&mut bytes, plaintext);
+        let content = write_inner(&mut bytes, plaintext);
         let aad = aad.to_bytes_v2(&bytes[..HEADER_LEN]);
         // Encrypted in place: the plaintext is overwritten in the one buffer
         // rather than copied into a second one.
@@ -346,6 +346,8 @@ impl KeyRing {
             .encrypt_inout_detached(&Nonce::<Aes256Gcm>::from(nonce), &aad, (&mut bytes[HEADER_LEN..]).into())
             .map_err(|_| SealError::TooLarge)?;
         bytes.extend_from_slice(&tag);
+        self.sealed.plaintext += plaintext.len() as u64;
+        self.sealed.content += content as u64;
         Ok(Envelope(bytes))
     }
 
@@ -375,7 +377,8 @@ impl KeyRing {
 }
 
 /// Appends `inner` for `plaintext`: flags ‖ length ‖ content ‖ zero padding.
-fn write_inner(out: &mut Vec<u8>, plaintext: &[u8]) {
+/// Returns the content's length.
+fn write_inner(out: &mut Vec<u8>, plaintext: &[u8]) -> usize {
     let start = out.len();
     let compressed = (plaintext.len() > COMPRESS_ABOVE).then(|| compress(plaintext)).flatten();
     let (flags, content) = match &compressed {
@@ -387,6 +390,7 @@ fn write_inner(out: &mut Vec<u8>, plaintext: &[u8]) {
     out.extend_from_slice(&(content.len() as u32).to_be_bytes());
     out.extend_from_slice(content);
     out.resize(start + padded_len(INNER_PREFIX_LEN + content.len()), 0);
+    content.len()
 }
 
 /// `plaintext` as original length (u32 BE) ‖ LZ4 block, if that is smaller.

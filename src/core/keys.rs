@@ -195,7 +195,7 @@ impl fmt::Debug for ThreadKey {
 #[non_exhaustive]
 pub enum KeyError {
     /// The platform's secure random source failed; nothing was made.
-    #[error("secure random numbers are unavailable: {0}")]
+    #[error("secure random numbers are unavailable")]
     Random(getrandom::Error),
     /// A key id that is not 11 characters of base64url.
     #[error("not a key id")]
@@ -279,12 +279,30 @@ pub struct KeyRing {
     keys: Vec<RingEntry>,
     /// The current key of each thread that has one.
     current: Vec<(ThreadId, KeyId)>,
+    /// Plaintext and content (compressed or not, before padding) bytes
+    /// sealed since [`KeyRing::take_sealed`] last asked.
+    pub(crate) sealed: SealedBytes,
+}
+
+/// What seals did to sizes: plaintext in, content out (compressed or not).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SealedBytes {
+    /// Plaintext bytes sealed.
+    pub plaintext: u64,
+    /// Their content bytes in the envelopes (smaller when compressed).
+    pub content: u64,
 }
 
 impl KeyRing {
     /// An empty ring.
     pub fn new() -> KeyRing {
         KeyRing::default()
+    }
+
+    /// Plaintext and content bytes sealed since the last call, for the
+    /// sync metrics' compression ratio; the counters start again at zero.
+    pub fn take_sealed(&mut self) -> SealedBytes {
+        std::mem::take(&mut self.sealed)
     }
 
     fn entry(&self, key_id: KeyId) -> Option<&RingEntry> {

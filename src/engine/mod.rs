@@ -5,12 +5,14 @@
 //! anything but the store (IndexedDB transactions auto-commit when idle).
 
 mod error;
+mod metrics;
 mod mutations;
 mod quarantine;
 mod sync;
 mod views;
 
 pub use error::{Error, Result, ERROR_CODES, ERROR_CODES_TS};
+pub use metrics::{Ratio, RoundStats, SyncStats, SyncStatus, ROUNDS_KEPT};
 pub use quarantine::{Quarantine, QuarantinedChange, CHANGE_READER, MAX_QUARANTINED};
 pub use sync::{Feed, RoundReport};
 pub use views::ErrorInfo;

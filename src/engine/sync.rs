@@ -18,8 +18,9 @@ use crate::core::sync::{
     Change, Incoming, InvalidChange, MutationBody, PullPage, PullRequest, PushMutation, PushRequest,
     PROTOCOL_VERSION,
 };
-use crate::ports::{Clock, KeyWrapper, Store, StoreError, Transport, Write};
+use crate::ports::{Clock, KeyWrapper, Store, StoreError, Traffic, Transport, Write};
 
+use super::metrics::{Ratio, RoundStats, SyncStats, SyncStatus};
 use super::quarantine::{Quarantine, CHANGE_READER, META_QUARANTINE};
 use super::views::ErrorInfo;
 use super::{Client, ClientEvent, Error, Result, SyncState};
@@ -54,11 +55,33 @@ pub(crate) struct SyncMemory {
     pub recovered: bool,
     pub state: SyncState,
     pub error: Option<ErrorInfo>,
+    /// Rounds so far (`syncStats()`).
+    pub stats: SyncStats,
+    /// Where sync stood when the last round ended, for `sync` events.
+    pub status: SyncStatus,
+    /// Conflicts met by the running round.
+    pub conflicts: usize,
 }
 
 impl Default for SyncMemory {
     fn default() -> Self {
-        SyncMemory { hold_until: 0, max_batch: None, recovered: false, state: SyncState::Idle, error: None }
+        SyncMemory {
+            hold_until: 0,
+            max_batch: None,
+            recovered: false,
+            state: SyncState::Idle,
+            error: None,
+            stats: SyncStats::default(),
+            status: SyncStatus {
+                state: SyncState::Idle,
+                last_synced_at: None,
+                pending: 0,
+                failed: 0,
+                quarantined: 0,
+                cursor: 0,
+            },
+            conflicts: 0,
+        }
     }
 }
 
@@ -76,6 +99,10 @@ pub struct RoundReport {
     pub next_wake: Option<Millis>,
     /// Why the round stopped early (network, server, session), if it did.
     pub failure: Option<ErrorInfo>,
+    /// Mutations pushed again after an earlier attempt.
+    pub retries: usize,
+    /// Failed requests and mutations the server refused.
+    pub errors: usize,
 }
 
 enum Pushed {
@@ -96,15 +123,46 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
 
     /// Moves sync to `state`, telling listeners when it changes.
     pub fn set_sync_state(&self, state: SyncState, error: Option<ErrorInfo>) {
-        {
+        let status = {
             let mut sync = self.sync.borrow_mut();
             if sync.state == state && sync.error == error {
                 return;
             }
             sync.state = state;
             sync.error = error.clone();
-        }
-        self.emit(&ClientEvent::Sync { state, error });
+            sync.status.clone()
+        };
+        let SyncStatus { last_synced_at, pending, failed, quarantined, cursor, .. } = status;
+        self.emit(&ClientEvent::Sync { state, error, last_synced_at, pending, failed, quarantined, cursor });
+    }
+
+    /// Where sync stands, read now: `syncStatus()`.
+    pub async fn sync_status(&self) -> Result<SyncStatus> {
+        self.check_open()?;
+        let mut status = self.read_status().await?;
+        let sync = self.sync.borrow();
+        status.state = sync.state;
+        status.last_synced_at = sync.status.last_synced_at;
+        Ok(status)
+    }
+
+    /// The outbox, quarantine and cursor parts of [`SyncStatus`].
+    async fn read_status(&self) -> Result<SyncStatus> {
+        let rows = self.store.outbox().await?;
+        let failed = rows.iter().filter(|m| matches!(m.state, MutationState::Failed { .. })).count();
+        Ok(SyncStatus {
+            state: SyncState::Idle,
+            last_synced_at: None,
+            pending: rows.len() - failed,
+            failed,
+            quarantined: self.quarantine().await?.entries.len(),
+            cursor: self.cursor().await?,
+        })
+    }
+
+    /// Totals and the last rounds (`syncStats()`), since the client opened.
+    pub fn sync_stats(&self) -> SyncStats {
+        self.sync.borrow().stats.clone()
     }
 
     /// This client just became the one that syncs (the tab won the leader
@@ -138,7 +196,13 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         self.check_open()?;
         let _round = self.round_lock.lock().await;
         self.set_sync_state(SyncState::Syncing, None);
+        let started_at = self.clock.now();
+        let traffic = transport.traffic();
+        self.sync.borrow_mut().conflicts = 0;
         let result = self.round(transport).await;
+        if let Ok(report) = &result {
+            self.record_round(report, started_at, traffic, transport.traffic());
+        }
         match &result {
             Ok(report) => match &report.failure {
                 None => self.set_sync_state(SyncState::Idle, None),
@@ -150,6 +214,33 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             ),
         }
         result
+    }
+
+    /// Keeps a finished round's figures and tells listeners (`round`).
+    fn record_round(&self, report: &RoundReport, started_at: Millis, before: Traffic, after: Traffic) {
+        let ended_at = self.clock.now();
+        let sealed = self.keys.borrow_mut().take_sealed();
+        let round = {
+            let mut sync = self.sync.borrow_mut();
+            let round = RoundStats {
+                started_at,
+                duration_ms: ended_at.saturating_sub(started_at),
+                pushed: report.pushed,
+                pulled: report.pulled,
+                bytes_up: after.up - before.up,
+                bytes_down: after.down - before.down,
+                conflicts: std::mem::take(&mut sync.conflicts),
+                retries: report.retries,
+                errors: report.errors,
+                compression_ratio: Ratio::of(sealed.content, sealed.plaintext),
+            };
+            sync.stats.record(&round, report.failure.is_some(), sealed.plaintext, sealed.content);
+            if report.failure.is_none() {
+                sync.status.last_synced_at = Some(ended_at);
+            }
+            round
+        };
+        self.emit(&ClientEvent::Round { round });
     }
 
     async fn round<T: Transport>(&self, transport: &T) -> Result<RoundReport> {
@@ -187,10 +278,13 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         }
         if report.failure.is_none() {
             report.failure = self.pull_all(transport, &mut report).await?;
+            report.errors += usize::from(report.failure.is_some());
         }
         let rows = self.store.outbox().await?;
-        let hold_until = self.sync.borrow().hold_until;
-        report.next_wake = outbox::next_wake(&rows).map(|at| at.max(hold_until));
+        let mut sync = self.sync.borrow_mut();
+        sync.status.failed = rows.iter().filter(|m| matches!(m.state, MutationState::Failed { .. })).count();
+        sync.status.pending = rows.len() - sync.status.failed;
+        report.next_wake = outbox::next_wake(&rows).map(|at| at.max(sync.hold_until));
         Ok(report)
     }
 
@@ -216,9 +310,11 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                 if batch.is_empty() {
                     return Ok(None);
                 }
-                let mutations: Vec<PushMutation> = batch
+                let rows_sent: Vec<_> =
+                    batch.iter().filter_map(|id| rows.iter().find(|m| m.mutation_id == *id)).collect();
+                let retries = rows_sent.iter().filter(|m| m.attempts > 0).count();
+                let mutations: Vec<PushMutation> = rows_sent
                     .iter()
-                    .filter_map(|id| rows.iter().find(|m| m.mutation_id == *id))
                     .map(|m| PushMutation { mutation_id: m.mutation_id, body: m.body.clone() })
                     .collect();
                 // The rows are `sending` (and counted) before the request
@@ -226,16 +322,18 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                 // under the same ids.
                 let decisions = outbox::on_sent(&rows, &batch);
                 let applied = self.apply_decisions(&rows, decisions, Vec::new(), Vec::new()).await?;
-                Ok(Some((batch, mutations, applied)))
+                Ok(Some((batch, mutations, applied, retries)))
             })
             .await?;
-        let Some((batch, mutations, applied)) = prepared else { return Ok(Pushed::Nothing) };
+        let Some((batch, mutations, applied, retries)) = prepared else { return Ok(Pushed::Nothing) };
+        report.retries += retries;
         self.announce(&applied);
 
         let request = PushRequest { protocol: PROTOCOL_VERSION, device_id: self.device_id(), mutations };
         let result = transport.push(&request).await;
         report.pushes += 1;
         report.pushed += batch.len();
+        report.errors += result.as_ref().map_or(1, |response| response.rejected.len());
 
         let now = self.clock.now();
         let jitter = u64::from_le_bytes(self.random_bytes());
@@ -373,6 +471,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
         let mut status_changed = Vec::new();
         let mut threads_changed = false;
         let mut set_aside = 0;
+        let mut quarantined = None;
         let mut applied = self
             .step(async |rows| {
                 conflicts.clear();
@@ -492,6 +591,7 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
                 if quarantine != quarantine_before {
                     writes.push(Write::PutMeta { key: META_QUARANTINE.into(), value: quarantine.to_json() });
                 }
+                quarantined = Some(quarantine.entries.len());
                 let value = serde_json::to_string(&catchup).expect("catch-up map serializes");
                 writes.push(Write::PutMeta { key: META_CATCHUP.into(), value });
                 if joined.len() != joined_before {
@@ -503,6 +603,16 @@ impl<S: Store, C: Clock, W: KeyWrapper> Client<S, C, W> {
             .await?;
         applied.status_changed.extend(status_changed);
         self.announce(&applied);
+        {
+            let mut sync = self.sync.borrow_mut();
+            sync.conflicts += conflicts.len();
+            if let Some(count) = quarantined {
+                sync.status.quarantined = count;
+            }
+            if feed == Feed::Main {
+                sync.status.cursor = page.cursor;
+            }
+        }
         for (thread_id, message_id) in conflicts {
             self.emit(&ClientEvent::Conflict { thread_id, message_id, code: "deleted_remotely" });
         }

@@ -120,6 +120,22 @@ pub enum ClientEvent {
         state: SyncState,
         /// Why, when something failed.
         error: Option<ErrorInfo>,
+        /// The rest of [`SyncStatus`](super::metrics::SyncStatus), as of the
+        /// end of the last round (`None`/0 before the first).
+        last_synced_at: Option<Millis>,
+        /// Outbox rows on their way.
+        pending: usize,
+        /// Outbox rows refused for good.
+        failed: usize,
+        /// Pulled changes set aside.
+        quarantined: usize,
+        /// The main pull cursor.
+        cursor: u64,
+    },
+    /// A sync round finished: what it did.
+    Round {
+        /// Its figures.
+        round: super::metrics::RoundStats,
     },
     /// A message's status changed (sending, sent, failed, cancelled, ...).
     Status {

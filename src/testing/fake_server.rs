@@ -40,7 +40,7 @@ use crate::core::sync::{
     AcceptResponse, Ack, Change, ErrorDetail, InviteResponse, MutationBody, PullPage, PullRequest,
     PullResponse, PushRequest, PushResponse, Rejection, ServerMessage, ServerThread, PROTOCOL_VERSION,
 };
-use crate::ports::Transport;
+use crate::ports::{Traffic, Transport};
 
 /// A small, fast, seeded random generator (xorshift64*), so that a
 /// simulation replays exactly from its seed.
@@ -740,6 +740,8 @@ struct Network {
     paused: bool,
     retry_after_until: Millis,
     stats: TransportStats,
+    /// Body bytes, as JSON text: requests that left, answers that arrived.
+    traffic: Traffic,
     /// Alters every pull answer's JSON on its way, as a proxy would.
     rewrite_pulls: Option<PageRewrite>,
 }
@@ -793,6 +795,7 @@ impl FakeTransport {
                 paused: false,
                 retry_after_until: 0,
                 stats: TransportStats::default(),
+                traffic: Traffic::default(),
                 rewrite_pulls: None,
             })),
         }
@@ -1018,6 +1021,7 @@ impl FakeTransport {
             }
         }
         .expect("pages serialize");
+        self.net.borrow_mut().traffic.down += text.len() as u64;
         serde_json::from_str(&text).map_err(|e| TransportFailure::Protocol(e.to_string()))
     }
 }
@@ -1026,6 +1030,7 @@ impl Transport for FakeTransport {
     async fn push(&self, request: &PushRequest) -> Result<PushResponse, TransportFailure> {
         {
             let mut net = self.net.borrow_mut();
+            net.traffic.up += serde_json::to_string(request).expect("pushes serialize").len() as u64;
             net.stats.pushes += 1;
             net.stats.mutations += request.mutations.len() as u64;
         }
@@ -1085,6 +1090,10 @@ impl Transport for FakeTransport {
                 _ => self.server.push(&self.user, request),
             },
         };
+        if let Ok(response) = &answer {
+            self.net.borrow_mut().traffic.down +=
+                serde_json::to_string(response).expect("answers serialize").len() as u64;
+        }
         self.deliver(after);
         answer
     }
@@ -1123,6 +1132,10 @@ impl Transport for FakeTransport {
             return Err(failure);
         }
         self.server.create_invite(&self.user, thread)
+    }
+
+    fn traffic(&self) -> Traffic {
+        self.net.borrow().traffic
     }
 }
 

@@ -78,9 +78,59 @@ export interface OpenOptions {
 /** Where background sync stands. */
 export type SyncState = "online" | "offline" | "syncing" | "idle" | "error";
 
+/** Where sync stood when this tab's last round ended, and its state now (the `sync` event). */
+export interface SyncSnapshot {
+  state: SyncState;
+  /** When a round last finished without failure, since the client opened (ms since the epoch). */
+  lastSyncedAt: number | null;
+  /** Outbox rows on their way (queued or sending). */
+  pending: number;
+  /** Outbox rows refused for good: retry or cancel them. */
+  failed: number;
+  /** Pulled changes set aside (`quarantine()`). */
+  quarantined: number;
+  /** The server seq this device has pulled up to. */
+  cursor: number;
+}
+
+/** What one sync round did (the `round` event, `syncStats().rounds`). */
+export interface RoundStats {
+  startedAt: number;
+  durationMs: number;
+  /** Mutations pushed (a batch sent again counts again). */
+  pushed: number;
+  /** Changes pulled, quarantined ones included. */
+  pulled: number;
+  /** Request and response body bytes. */
+  bytesUp: number;
+  bytesDown: number;
+  /** Pulled changes that won over a local one (`conflict` events). */
+  conflicts: number;
+  /** Mutations pushed again after an earlier attempt. */
+  retries: number;
+  /** Failed requests and mutations the server refused. */
+  errors: number;
+  /** Envelope content over plaintext bytes sealed in this tab since its previous round (below 1 when compression helped); null when it sealed nothing. */
+  compressionRatio: number | null;
+}
+
+/** `syncStats()`: in memory since the client opened. */
+export interface SyncStats {
+  /** Rounds run, and how many of them ended with a failure. */
+  roundCount: number;
+  failedRounds: number;
+  /** Every round summed: `startedAt` is the first round's start, `durationMs` and the counts are sums, `compressionRatio` is over everything sealed. */
+  totals: RoundStats;
+  /** The last 100 rounds, oldest first. */
+  rounds: RoundStats[];
+}
+
 /** A client-wide event (`onEvent`). */
 export type ClientEvent =
-  | { type: "sync"; state: SyncState; error: { code: DovecoteErrorCode; message: string } | null }
+  /** Sync moved to `state`; the other fields are as of the end of this tab's last round (0 and null before its first). */
+  | ({ type: "sync"; error: { code: DovecoteErrorCode; message: string } | null } & SyncSnapshot)
+  /** A sync round finished: what it did. */
+  | { type: "round"; round: RoundStats }
   | { type: "status"; message: Message }
   | { type: "threads" }
   /** The outbox may have changed (a local write here or in another tab): read `outbox()` again. */
@@ -727,6 +777,13 @@ impl ChatClient {
     #[wasm_bindgen(getter, js_name = syncState, unchecked_return_type = "SyncState")]
     pub fn sync_state(&self) -> JsValue {
         to_js(&self.inner.sync_state()).unwrap_or(JsValue::NULL)
+    }
+
+    /// What this tab's sync rounds did since the client opened: totals and
+    /// the last 100 rounds (only the sync leader runs rounds).
+    #[wasm_bindgen(js_name = syncStats, unchecked_return_type = "SyncStats")]
+    pub fn sync_stats(&self) -> JsValue {
+        to_js(&self.inner.sync_stats()).unwrap_or(JsValue::NULL)
     }
 
     /// Uses a new session token (after the app's own sign-in).

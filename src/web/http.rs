@@ -20,7 +20,7 @@
 //! So `Ok` always means a well-formed v1 answer. Dropping a request's future
 //! aborts the request.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 
 use serde::de::DeserializeOwned;
@@ -35,7 +35,7 @@ use crate::core::sync::{
     ErrorBody, InviteResponse, PullPage, PullRequest, PushRequest, PushResponse, SessionRequest,
     SessionResponse, PROTOCOL_VERSION,
 };
-use crate::ports::Transport;
+use crate::ports::{Traffic, Transport};
 use crate::web::timers;
 
 /// How long a request may take, from sending to the last byte of the answer,
@@ -128,12 +128,18 @@ pub struct HttpTransport {
     // The token is replaced after a new sign-in, while the transport is shared.
     token: RefCell<String>,
     timeout_ms: Millis,
+    traffic: Cell<Traffic>,
 }
 
 impl HttpTransport {
     /// A transport to `server` that authenticates with `token`.
     pub fn new(server: ServerUrl, token: impl Into<String>) -> HttpTransport {
-        HttpTransport { server, token: RefCell::new(token.into()), timeout_ms: DEFAULT_TIMEOUT_MS }
+        HttpTransport {
+            server,
+            token: RefCell::new(token.into()),
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            traffic: Cell::default(),
+        }
     }
 
     /// The same transport with another request timeout.
@@ -160,7 +166,12 @@ impl HttpTransport {
     /// One authenticated exchange; not generic, so that it is compiled once.
     async fn send(&self, method: &str, url: &str, body: Option<String>) -> Result<Answer, TransportFailure> {
         let token = self.token.borrow().clone();
-        exchange(method, url, Some(&token), body, self.timeout_ms).await
+        let up = body.as_ref().map_or(0, |b| b.len() as u64);
+        let answer = exchange(method, url, Some(&token), body, self.timeout_ms).await;
+        let down = answer.as_ref().map_or(0, |a| a.body.len() as u64);
+        let Traffic { up: sent, down: received } = self.traffic.get();
+        self.traffic.set(Traffic { up: sent + up, down: received + down });
+        answer
     }
 }
 
@@ -181,6 +192,10 @@ impl Transport for HttpTransport {
     async fn create_invite(&self, thread: ThreadId) -> Result<InviteResponse, TransportFailure> {
         let url = self.server.route(&format!("/v1/threads/{thread}/invites"));
         self.send("POST", &url, None).await?.read()
+    }
+
+    fn traffic(&self) -> Traffic {
+        self.traffic.get()
     }
 }
 

@@ -15,6 +15,8 @@ import type {
   Quarantine,
   QuarantinedChange,
   PageOptions,
+  RoundStats,
+  SyncStats,
   SyncState,
   Thread,
   ThreadChange,
@@ -62,6 +64,10 @@ export async function everyCall(bytes: ArrayBuffer): Promise<void> {
     switch (event.type) {
       case "sync":
         if (event.error) console.log(event.state, event.error.code satisfies DovecoteErrorCode);
+        console.log(event.pending satisfies number, event.lastSyncedAt satisfies number | null, event.cursor);
+        break;
+      case "round":
+        console.log(event.round.bytesUp satisfies number, event.round.compressionRatio satisfies number | null);
         break;
       case "status":
         describeStatus(event.message.status);
@@ -87,6 +93,9 @@ export async function everyCall(bytes: ArrayBuffer): Promise<void> {
     }
   });
   await client.syncNow();
+  const stats: SyncStats = client.syncStats();
+  const last: RoundStats | undefined = stats.rounds.at(-1);
+  console.log(stats.roundCount, stats.failedRounds, stats.totals.pushed, last?.durationMs);
   client.setToken("new token");
   await client.rotateThreadKey(thread.id);
   const code: string = await client.exportThreadInvite(thread.id);
