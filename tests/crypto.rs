@@ -466,6 +466,63 @@ fn decompression_bombs_and_malformed_inners_are_refused() {
     }
 }
 
+/// Authentic inners of random shape (what a hostile member can make):
+/// opening never panics, returns a typed error or exactly the bytes a
+/// correct sealer would have had to put there.
+#[test]
+fn random_authentic_inners_never_panic_and_open_only_when_well_formed() {
+    let mut rng = Rng(0x5eed_0004);
+    let t = thread(4);
+    let alice = user("alice");
+    let secret = [0x44u8; KEY_LEN];
+    let key_id = KeyId(*b"fuzz-key");
+    let mut ring = KeyRing::new();
+    ring.insert(t, ThreadKey::from_parts(key_id, secret), 0, true).unwrap();
+    let aad = Aad::message(t, message(1), &alice, SealKind::Send);
+    let mut opened = 0;
+    for round in 0..1_200 {
+        let plain = match round % 3 {
+            0 => rng.bytes_up_to(200),
+            1 => vec![b'z'; rng.below(2 * MAX_OPENED_LEN)],
+            _ => rng.bytes_up_to(2000),
+        };
+        let flags = [0, FLAG_LZ4, rng.below(256) as u8][rng.below(3)];
+        let mut content = if flags == FLAG_LZ4 {
+            let declared = [plain.len() as u32, rng.next_u64() as u32, (plain.len() as u32).wrapping_add(1)]
+                [rng.below(3)];
+            [&declared.to_be_bytes()[..], &lz4_flex::block::compress(&plain)].concat()
+        } else {
+            plain.clone()
+        };
+        if round % 5 == 0 && !content.is_empty() {
+            let pos = rng.below(content.len());
+            content[pos] ^= 1 + rng.below(255) as u8;
+        }
+        let bucket = padded_len(INNER_PREFIX_LEN + content.len());
+        let padded = [bucket, bucket + rng.below(3), INNER_PREFIX_LEN + content.len()][rng.below(3)];
+        let envelope =
+            seal_v2_by_hand(&secret, key_id, [3; NONCE_LEN], &aad, &inner(flags, &content, padded));
+        match ring.open(&aad, &envelope) {
+            Ok(text) => {
+                opened += 1;
+                assert_eq!(padded, bucket, "round {round}");
+                assert!(text.len() <= MAX_OPENED_LEN);
+                if flags == 0 {
+                    assert_eq!(text, content);
+                } else {
+                    assert_eq!(flags, FLAG_LZ4);
+                    assert_eq!(lz4_flex::block::decompress(&content[4..], text.len()).unwrap(), text);
+                }
+            }
+            Err(e) => {
+                assert!(matches!(e, OpenError::Malformed | OpenError::TooLarge), "round {round}: {e:?}")
+            }
+        }
+    }
+    eprintln!("{opened} of 1200 opened");
+    assert!(opened > 100, "{opened} opened: the well-formed cases were reached");
+}
+
 /// PADMÉ: every size maps to a bucket at least as large, buckets are fixed
 /// points, monotone, and cost at most 12% (6.25% from 1 KiB); the number of
 /// distinct sizes the server can see is small.
